@@ -1,0 +1,35 @@
+# Two promises to a newcomer on a fresh machine with Python 3.11+ (no JVM needed):
+#   make demo   sets up, fetches the public seed data, runs the pipeline on the embedded engine
+#   make test   sets up and runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BQ     := $(VENV)/bin/boostqa
+DEMO   := --profile demo
+
+.PHONY: setup assets demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boostqa needs Python 3.11+, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+assets: setup
+	$(BQ) assets fetch champ
+
+demo: assets
+	$(BQ) run $(DEMO)
+	$(BQ) tables $(DEMO)
+	$(BQ) sql $(DEMO) "select source, count(*) as seeds from bronze.seeds group by source order by source"
+	$(BQ) sql $(DEMO) "select source, reason, count(*) as n from quarantine.seeds group by source, reason order by n desc, reason"
+	$(BQ) runs $(DEMO) --limit 3
+
+test: assets
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf lake runs .pytest_cache

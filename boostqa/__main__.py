@@ -1,0 +1,3 @@
+from boostqa.cli import main
+
+main()

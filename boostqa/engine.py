@@ -1,0 +1,133 @@
+"""One SparkSession factory for every place the pipeline runs.
+
+- embedded: a LakeSail Spark Connect server inside this process (no JVM), native Delta;
+- spark: Apache Spark 4 from pip pyspark (local[N] or a master URL), Delta via delta-spark jars;
+- remote: any sc://host:port Spark Connect endpoint;
+- databricks: the session a Databricks job provides, or Databricks Connect.
+
+All pipeline code uses the Spark Connect subset (DataFrame API + SQL), so it is engine-blind;
+anything engine-specific lives here and in lake.py.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+
+from pyspark.sql import SparkSession
+
+from boostqa.config import EngineConfig
+
+
+class EngineError(RuntimeError):
+    """The requested engine cannot start; the message says what is missing."""
+
+
+_lock = threading.Lock()
+_server = None  # the in-process Sail server, shared by every embedded session of this process
+_sessions: list[SparkSession] = []  # stopped before the server, else the client retries for a minute at exit
+
+
+def _start_sail() -> int:
+    global _server
+    with _lock:
+        if _server is None:
+            os.environ.setdefault("RUST_LOG", "error")  # Sail logs every session at INFO otherwise
+            from pysail.spark import SparkConnectServer
+
+            server = SparkConnectServer("127.0.0.1", 0)  # free loopback port
+            server.start(background=True)
+            _server = server
+            atexit.register(stop)
+        return _server.listening_address[1]
+
+
+def _embedded(cfg: EngineConfig) -> SparkSession:
+    port = _start_sail()
+    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+    if spark not in _sessions:
+        _sessions.append(spark)
+    return spark
+
+
+def _jvm(cfg: EngineConfig) -> SparkSession:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # else workers use the PATH python
+    import importlib.util
+
+    builder = SparkSession.builder
+    if importlib.util.find_spec("py4j") is None:  # pyspark-client has no JVM gateway
+        raise EngineError("engine.kind=spark needs full pyspark: pip install 'boostqa[spark]' "
+                          "in its own environment (pyspark-client cannot start a JVM)")
+    builder = (builder.master(cfg.master).appName("boostqa")
+               .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+               .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+               .config("spark.ui.enabled", "false"))
+    spark = builder.getOrCreate()
+    try:  # fail now, not at the first Delta write, when the connector jars are missing
+        spark._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+    except Exception as e:  # py4j raises its own error types
+        spark.stop()
+        raise EngineError("Delta connector is not on the Spark classpath: pass the delta-spark jars "
+                          "(spark.jars / --packages io.delta:delta-spark_2.13:4.0.0) or use the embedded engine") from e
+    return spark
+
+
+def _remote(cfg: EngineConfig) -> SparkSession:
+    url = cfg.remote or os.environ.get("SPARK_REMOTE")
+    if not url:
+        raise EngineError("engine.kind=remote needs engine.remote (sc://host:port) or env SPARK_REMOTE")
+    return SparkSession.builder.remote(url).getOrCreate()
+
+
+def _databricks(cfg: EngineConfig) -> SparkSession:
+    active = SparkSession.getActiveSession()
+    if active is not None:  # inside a Databricks job or notebook
+        return active
+    try:
+        from databricks.connect import DatabricksSession
+    except ImportError as e:
+        raise EngineError("engine.kind=databricks outside a Databricks job needs databricks-connect: "
+                          "pip install 'boostqa[databricks]' and DATABRICKS_HOST/DATABRICKS_TOKEN or a profile") from e
+    return DatabricksSession.builder.getOrCreate()
+
+
+_FACTORIES = {"embedded": _embedded, "spark": _jvm, "remote": _remote, "databricks": _databricks}
+
+
+def get_spark(cfg: EngineConfig | None = None) -> SparkSession:
+    """A SparkSession for the configured engine, with the session settings the pipeline relies on."""
+    cfg = cfg or EngineConfig()
+    spark = _FACTORIES[cfg.kind](cfg)
+    conf = {"spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+            **cfg.conf}
+    for k, v in conf.items():
+        try:
+            spark.conf.set(k, v)
+        except Exception:  # Databricks serverless refuses some settings; they are tuning, not semantics
+            if k == "spark.sql.session.timeZone":
+                raise
+    return spark
+
+
+def stop() -> None:
+    """Stop the embedded server (also registered at exit). Sessions on it stop working."""
+    global _server
+    with _lock:
+        while _sessions:
+            try:
+                _sessions.pop().stop()
+            except Exception:  # already closed
+                pass
+        if _server is not None:
+            try:
+                _server.stop()
+            finally:
+                _server = None
+
+
+def embedded_running() -> bool:
+    return _server is not None

@@ -1,0 +1,1 @@
+"""Spark-free LLM layer: OpenAI-compatible client, prompts, simulator."""

@@ -1,0 +1,238 @@
+"""Runs stages under the stage contract: pinned inputs, pending rows, chunked idempotent commits.
+
+For each stage:
+1. pin every input table at its current Delta version (logged to MLflow);
+2. pending rows = driving input anti-join output and rejects on the key, so a rerun does only
+   what is left;
+3. split pending rows into chunks by a hash of ``chunk_by``; for each chunk run the transform
+   once, materialise its result in staging, check it (no row lost, unique keys), then commit
+   kept rows to the output and rejected rows to the rejects table with insert-only MERGEs on
+   the key. A crash loses at most the chunk in flight; a rerun never duplicates a row;
+4. record rows in/out, rejections by reason, chunks and throughput per stage.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from boostqa import sources
+from boostqa.config import Settings
+from boostqa.engine import get_spark
+from boostqa.lake import Lake
+from boostqa.stages import STAGES, resolve
+from boostqa.stages.base import SOURCE_FILES, Stage, StageContext
+from boostqa.tracking import TableRef, Tracker
+
+
+class StageError(RuntimeError):
+    """A stage broke its contract (lost rows, duplicate keys); nothing of the chunk was committed."""
+
+
+@dataclass
+class Progress:
+    stage: str
+    chunk: int  # chunks committed so far
+    chunks: int
+    rows_done: int
+    rows_total: int
+    kept: int
+    rejected: int
+    deferred: int
+    elapsed: float
+
+    @property
+    def eta(self) -> float | None:
+        if not self.rows_done:
+            return None
+        return self.elapsed / self.rows_done * (self.rows_total - self.rows_done)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    pending: int = 0
+    kept: int = 0
+    rejected: int = 0
+    deferred: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    chunks_done: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    inputs: list[TableRef] = field(default_factory=list)
+    outputs: list[TableRef] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks_done == self.chunks_total
+
+    def metrics(self) -> dict[str, float]:
+        m = {"rows_pending": self.pending, "rows_kept": self.kept, "rows_rejected": self.rejected,
+             "rows_deferred": self.deferred, "chunks_done": self.chunks_done, "chunks_total": self.chunks_total,
+             "seconds": round(self.seconds, 3),
+             "rows_per_second": round((self.kept + self.rejected + self.deferred) / self.seconds, 2)
+             if self.seconds else 0.0}
+        m.update({f"rejected.{k}": v for k, v in self.rejected_by_reason.items()})
+        return m
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+class Runner:
+    def __init__(self, settings: Settings, spark=None, tracker: Tracker | None = None,
+                 progress: ProgressFn | None = None):
+        self.settings = settings
+        self.spark = spark or get_spark(settings.engine)
+        self.lake = Lake(self.spark, settings.lake, settings.runner.commit_retries)
+        self.tracker = tracker or Tracker(settings.tracking_uri(), settings.tracking.experiment,
+                                          settings.tracking.enabled)
+        self.progress = progress or (lambda p: None)
+
+    # ------------------------------------------------------------------ pipeline
+    def run(self, stage_names: list[str] | None = None, run_id: str | None = None,
+            max_chunks: int | None = None) -> tuple[str, list[StageResult]]:
+        """Run stages in pipeline order under one MLflow parent run; returns (run_id, results)."""
+        stages = resolve(stage_names)
+        run_id = run_id or new_run_id()
+        results = []
+        with self.tracker.pipeline(run_id, {"boostqa.profile": self.settings.profile}):
+            self.tracker.log_dict(self.settings.redacted(), "settings.json")
+            for stage in stages:
+                result = self.run_stage(stage, run_id, max_chunks)
+                results.append(result)
+                if not result.complete:
+                    break  # later stages would read a half-done table
+        return run_id, results
+
+    # ------------------------------------------------------------------ one stage
+    def run_stage(self, stage: Stage, run_id: str, max_chunks: int | None = None) -> StageResult:
+        lake, t0 = self.lake, time.monotonic()
+        result = StageResult(stage.name)
+        ctx = StageContext(self.spark, self.settings, run_id, stage)
+        staging = lake.staging_path(stage.name, run_id)
+        params = {"stage": stage.name, "run_id": run_id, "chunk_rows": self.settings.runner.chunk_rows,
+                  "config": stage.config(self.settings) if stage.config else {}}
+        with self.tracker.stage(stage.name, params) as mlflow_run:
+            result.mlflow_run_id = mlflow_run
+            inputs = self._pin_inputs(stage, staging, result)
+            driving_alias = next(iter(stage.inputs))
+            pending = self._pending(stage, inputs[driving_alias])
+            result.pending = pending.count()
+            n_chunks = math.ceil(result.pending / self.settings.runner.chunk_rows) if result.pending else 0
+            result.chunks_total = n_chunks
+            by = list(stage.chunk_by or stage.key)
+            for i in range(n_chunks):
+                if max_chunks is not None and i >= max_chunks:
+                    break
+                chunk = pending if n_chunks == 1 else \
+                    pending.where(F.pmod(F.xxhash64(*by), F.lit(n_chunks)) == F.lit(i))
+                args = dict(inputs, **{driving_alias: chunk})
+                if stage.reads_output:
+                    args["existing"] = lake.read(stage.output) if lake.exists(stage.output) else None
+                self._commit_chunk(stage, ctx, chunk, args, f"{staging}/chunk-{i:05d}", result)
+                result.chunks_done += 1
+                result.seconds = time.monotonic() - t0
+                done = result.kept + result.rejected + result.deferred
+                self.progress(Progress(stage.name, result.chunks_done, n_chunks, done, result.pending, result.kept,
+                                       result.rejected, result.deferred, result.seconds))
+            result.seconds = time.monotonic() - t0
+            for name, ctx_name in ((stage.output, "output"), (stage.rejects, "rejects")):
+                if name and lake.exists(name):
+                    ref = self._ref(name)
+                    result.outputs.append(ref)
+                    self.tracker.log_table(ref, ctx_name)
+            self.tracker.log_metrics(result.metrics())
+            self.tracker.set_tags({"boostqa.complete": str(result.complete).lower()})
+        _remove(staging)
+        return result
+
+    def _ref(self, name: str, version: int | None = None) -> TableRef:
+        version = self.lake.version(name) if version is None else version
+        return TableRef(name, self.lake.location(name), version,
+                        self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode)
+
+    def _pin_inputs(self, stage: Stage, staging: str, result: StageResult) -> dict[str, DataFrame]:
+        inputs = {}
+        for alias, spec in stage.inputs.items():
+            if spec == SOURCE_FILES:
+                raw_path = f"{staging}/raw.parquet"
+                files, _ = sources.write_raw(self.settings.sources, self.settings.cache_dir(), raw_path)
+                for f in files:
+                    self.tracker.log_file(f"{f.source}/{f.rel}", str(f.path), f.sha256[:16])
+                inputs[alias] = self.spark.read.parquet(raw_path)
+            else:
+                ref = self._ref(spec)
+                if ref.version is None:
+                    raise StageError(f"stage {stage.name}: input table {spec} does not exist yet")
+                result.inputs.append(ref)
+                self.tracker.log_table(ref, "input")
+                inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
+        return inputs
+
+    def _pending(self, stage: Stage, driving: DataFrame) -> DataFrame:
+        key = list(stage.key)
+        for name in (stage.output, stage.rejects):
+            if name and self.lake.exists(name):
+                driving = driving.join(self.lake.read(name).select(*key), key, "left_anti")
+        return driving
+
+    def _commit_chunk(self, stage: Stage, ctx: StageContext, chunk: DataFrame, args: dict,
+                      path: str, result: StageResult) -> None:
+        out = stage.transform(ctx, **args)
+        if "_outcome" not in out.columns:
+            out = out.withColumn("_outcome", F.when(F.col("_reason").isNull(), "kept").otherwise("rejected"))
+        out.write.mode("overwrite").parquet(path)  # the transform runs exactly once per chunk
+        staged = self.spark.read.schema(out.schema).parquet(path)  # schema: an empty result writes no file
+        counts = {(r["_outcome"], r["_reason"]): r["count"]
+                  for r in staged.groupBy("_outcome", "_reason").count().collect()}
+        total = sum(counts.values())
+        if stage.one_to_one:
+            expected = chunk.count()
+            if total != expected:
+                raise StageError(f"stage {stage.name} returned {total} rows for {expected} pending rows: "
+                                 "a transform must account for every row (kept, rejected or deferred)")
+        key = list(stage.key)
+        kept = staged.where(F.col("_outcome") == "kept").select(*[c for c in staged.columns if not c.startswith("_")])
+        dup = kept.groupBy(*key).count().where(F.col("count") > 1).limit(3).collect()
+        if dup:
+            raise StageError(f"stage {stage.name} produced duplicate keys {key}: {[tuple(r)[:-1] for r in dup]}")
+        n_kept = sum(v for (o, _), v in counts.items() if o == "kept")
+        n_rej = sum(v for (o, _), v in counts.items() if o == "rejected")
+        if n_kept or not self.lake.exists(stage.output):
+            self.lake.insert_new(kept, stage.output, key)
+        if stage.rejects and (n_rej or not self.lake.exists(stage.rejects)):
+            rejected = staged.where(F.col("_outcome") == "rejected").select(
+                *stage.reject_columns, F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
+                F.lit(stage.name).alias("stage"), F.lit(ctx.run_id).alias("run_id"),
+                F.current_timestamp().alias("rejected_at"))
+            self.lake.insert_new(rejected, stage.rejects, key)
+        result.kept += n_kept
+        result.rejected += n_rej
+        result.deferred += sum(v for (o, _), v in counts.items() if o == "deferred")
+        for (o, reason), v in counts.items():
+            if o == "rejected":
+                result.rejected_by_reason[reason] = result.rejected_by_reason.get(reason, 0) + v
+        _remove(path)
+
+
+def _remove(path: str) -> None:
+    if "://" not in path:
+        shutil.rmtree(Path(path), ignore_errors=True)
+
+
+__all__ = ["Runner", "StageResult", "Progress", "StageError", "new_run_id", "STAGES"]

@@ -1,0 +1,18 @@
+"""Stage registry in pipeline order. Each module declares one STAGE (see stages/base.py)."""
+
+from __future__ import annotations
+
+from boostqa.stages import ingest
+from boostqa.stages.base import Stage
+
+STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE,)}
+
+
+def resolve(names: list[str] | None) -> list[Stage]:
+    """The named stages (all when empty) in pipeline order; unknown names fail with the known ones."""
+    if not names:
+        return list(STAGES.values())
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise KeyError(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
+    return [s for n, s in STAGES.items() if n in names]

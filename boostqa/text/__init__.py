@@ -1,0 +1,1 @@
+"""Spark-free text kernels: plain functions over Python/numpy/pandas objects."""

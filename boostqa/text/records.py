@@ -1,0 +1,158 @@
+"""Raw source record -> seed fields, or a quarantine reason (Spark-free; runs inside mapInPandas).
+
+One function decides every per-row verdict of ingestion so the rules live in one place and are
+testable in milliseconds. Cross-row rules (duplicate ids) need the whole table and live in the
+stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+# reason -> what it means (documented in the README; every reason has a test)
+REASONS = {
+    "not_utf8": "the row's bytes are not valid UTF-8",
+    "unparseable": "the row is not valid JSON / CSV",
+    "not_an_object": "the row parsed, but is not a record (e.g. a JSON array)",
+    "missing_question": "the mapped question field is absent or null",
+    "empty_question": "the question is empty or whitespace",
+    "missing_answer": "the source requires answers and the mapped answer field is absent, null or empty",
+    "missing_id": "the source maps an id field and the row has none",
+    "wrong_type": "a mapped field has the wrong type (e.g. a number for the question, a string for choices)",
+    "too_long": "the question or answer is over the configured length limit",
+    "duplicate_row_id": "another row of the same source has the same row id (the first one is kept)",
+}
+
+SEED_COLUMNS = ["seed_uid", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
+                "_reason", "_detail"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Per-source mapping and limits, plain data so it pickles into the UDF."""
+
+    fields: dict[str, str | None]  # id, question, answer, choices, subject, lang -> record path
+    lang: str
+    require_answer: bool
+    max_question_chars: int
+    max_answer_chars: int
+    max_choices: int
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+_MISSING = object()
+
+
+def _get(rec: dict, path: str) -> Any:
+    node: Any = rec
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _scalar_text(value: Any, field: str, path: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _Reject("wrong_type", f"field {field!r} (from {path!r}) is {type(value).__name__}, expected string or number")
+
+
+def seed_uid(source: str, source_row_id: str) -> str:
+    return hashlib.sha256(f"{source}\x1f{source_row_id}".encode()).hexdigest()[:32]
+
+
+def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, locator: str) -> dict:
+    """One raw record -> seed fields; raises _Reject with a reason and a human detail."""
+    if read_error:
+        reason, _, detail = read_error.partition(": ")
+        raise _Reject(reason, detail or read_error)
+    try:
+        rec = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _Reject("unparseable", f"invalid JSON: {e}") from None
+    if not isinstance(rec, dict):
+        raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
+    f = rules.fields
+
+    q_path = f["question"] or "question"
+    q = _get(rec, q_path)
+    if q is _MISSING or q is None:
+        raise _Reject("missing_question", f"no question field {q_path!r}")
+    if not isinstance(q, str):
+        raise _Reject("wrong_type", f"field 'question' (from {q_path!r}) is {type(q).__name__}, expected string")
+    q = q.strip()
+    if not q:
+        raise _Reject("empty_question", f"field {q_path!r} is empty")
+
+    answer = None
+    if f.get("answer"):
+        a = _get(rec, f["answer"])
+        if a is not _MISSING and a is not None:
+            answer = _scalar_text(a, "answer", f["answer"]).strip() or None
+    if rules.require_answer and answer is None:
+        raise _Reject("missing_answer", f"no answer in field {f.get('answer')!r} and the source requires one")
+
+    choices = None
+    if f.get("choices"):
+        c = _get(rec, f["choices"])
+        if c is not _MISSING and c is not None:
+            if isinstance(c, dict):  # {"A": "...", "B": "..."}
+                c = [c[k] for k in sorted(c)]
+            if not isinstance(c, list):
+                raise _Reject("wrong_type", f"field 'choices' (from {f['choices']!r}) is {type(c).__name__}, expected list")
+            choices = [_scalar_text(x, "choices[]", f["choices"]) for x in c]
+            if len(choices) > rules.max_choices:
+                raise _Reject("wrong_type", f"{len(choices)} choices > limit {rules.max_choices}")
+
+    subject = lang = None
+    for name in ("subject", "lang"):
+        if f.get(name):
+            v = _get(rec, f[name])
+            if v is not _MISSING and v is not None:
+                v = _scalar_text(v, name, f[name]).strip() or None
+                subject, lang = (v, lang) if name == "subject" else (subject, v)
+
+    if f.get("id"):
+        rid = _get(rec, f["id"])
+        if rid is _MISSING or rid is None or rid == "":
+            raise _Reject("missing_id", f"no id in field {f['id']!r}")
+        row_id = _scalar_text(rid, "id", f["id"])
+    else:
+        row_id = locator
+
+    if len(q) > rules.max_question_chars:
+        raise _Reject("too_long", f"question has {len(q)} chars > limit {rules.max_question_chars}")
+    if answer is not None and len(answer) > rules.max_answer_chars:
+        raise _Reject("too_long", f"answer has {len(answer)} chars > limit {rules.max_answer_chars}")
+
+    return {"seed_uid": seed_uid(source, row_id), "source_row_id": row_id, "question": q, "answer": answer,
+            "choices": choices, "subject_hint": subject, "lang": lang or rules.lang}
+
+
+def parse_batch(pdf: pd.DataFrame, rules_by_source: dict[str, Rules]) -> pd.DataFrame:
+    """Apply parse_record to a batch of raw records; rejected rows carry _reason/_detail."""
+    out = []
+    for source, file, row, raw, err in zip(pdf["source"], pdf["source_file"], pdf["source_row"], pdf["raw"],
+                                           pdf["read_error"]):
+        locator = f"{file}:{row}"
+        try:
+            rec = parse_record(raw, err if isinstance(err, str) else None, rules_by_source[source], source, locator)
+            rec["_reason"] = rec["_detail"] = None
+        except _Reject as r:
+            rec = dict.fromkeys(SEED_COLUMNS)
+            rec["_reason"], rec["_detail"] = r.reason, f"{locator}: {r.detail}"
+        out.append(rec)
+    return pd.DataFrame(out, columns=SEED_COLUMNS)

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from boostqa.config import ConfigError, env_overrides, load_settings
+
+
+def test_base_plus_profile_and_env_override():
+    s = load_settings("demo", environ={"BOOSTQA__RUNNER__CHUNK_ROWS": "5000", "BOOSTQA__LAKE__ROOT": "/x/lake"})
+    assert s.profile == "demo"
+    assert s.runner.chunk_rows == 5000 and isinstance(s.runner.chunk_rows, int)
+    assert s.lake.root == "/x/lake"
+    assert {x.name for x in s.sources} >= {"champ", "boostqa_stem", "demo_malformed"}
+    assert s.engine.kind == "embedded"  # from base.yaml
+
+
+def test_explicit_overrides_win_over_env():
+    s = load_settings("local", overrides={"runner": {"chunk_rows": 7}}, environ={"BOOSTQA__RUNNER__CHUNK_ROWS": "9"})
+    assert s.runner.chunk_rows == 7
+
+
+def test_unknown_profile_names_the_file():
+    with pytest.raises(ConfigError, match=r"unknown profile 'nope'.*nope\.yaml"):
+        load_settings("nope", environ={})
+
+
+def test_invalid_value_names_the_field(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("runner: {chunk_rows: 0}\n")
+    (tmp_path / "p.yaml").write_text("sources: [{name: Bad Name, path: x}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_settings("p", directory=tmp_path, environ={})
+    assert "runner.chunk_rows" in str(e.value) and "sources.0.name" in str(e.value)
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("lake: {rooot: x}\n")
+    (tmp_path / "p.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match="lake.rooot"):
+        load_settings("p", directory=tmp_path, environ={})
+
+
+def test_duplicate_source_names(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("sources: [{name: a, path: x}, {name: a, path: y}]\n")
+    (tmp_path / "p.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match="duplicate source names"):
+        load_settings("p", directory=tmp_path, environ={})
+
+
+def test_env_override_parsing():
+    assert env_overrides({"BOOSTQA__A__B_C": "true", "OTHER": "1"}) == {"a": {"b_c": True}}
+
+
+def test_redacted_masks_secret_values():
+    s = load_settings("local", environ={})
+    d = s.redacted()
+    d2 = __import__("boostqa.config", fromlist=["_redact"])._redact({"api_key": "sk-123", "api_key_env": "X",
+                                                                     "nested": {"token": "t"}})
+    assert d2 == {"api_key": "***", "api_key_env": "X", "nested": {"token": "***"}}
+    assert d["lake"]["root"] == s.lake.root

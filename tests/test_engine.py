@@ -1,0 +1,47 @@
+import pytest
+
+from boostqa import engine
+from boostqa.config import EngineConfig
+
+
+def test_embedded_session_runs_sql_and_udfs(spark):
+    import pandas as pd
+
+    assert spark.sql("select 1 + 1 as x").first()["x"] == 2
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+    def plus_one(batches):  # built after the session exists (Connect UDF rule)
+        for pdf in batches:
+            yield pd.DataFrame({"id": pdf["id"] + 1})
+
+    assert spark.range(5).mapInPandas(plus_one, "id long").agg({"id": "sum"}).first()[0] == 15
+    assert engine.embedded_running()
+
+
+def test_second_session_reuses_the_one_server(spark):
+    s2 = engine.get_spark(EngineConfig())
+    assert s2.range(3).count() == 3
+    assert engine.embedded_running()
+
+
+def test_stop_then_start_again(tmp_path):
+    """Stopping is clean (no minute-long client retries) and a new server starts on demand."""
+    import time
+
+    t = time.monotonic()
+    engine.stop()
+    assert not engine.embedded_running()
+    assert time.monotonic() - t < 10
+    s = engine.get_spark()
+    assert s.range(2).count() == 2
+
+
+def test_remote_without_url_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    with pytest.raises(engine.EngineError, match="sc://host:port"):
+        engine.get_spark(EngineConfig(kind="remote"))
+
+
+def test_jvm_engine_without_full_pyspark_is_a_clear_error():
+    with pytest.raises(engine.EngineError, match=r"boostqa\[spark\]"):
+        engine.get_spark(EngineConfig(kind="spark"))

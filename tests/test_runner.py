@@ -1,0 +1,126 @@
+"""The stage contract: pending rows, chunked idempotent commits, resume after a crash, no lost rows."""
+
+from __future__ import annotations
+
+import pytest
+from pyspark.sql import functions as F
+
+from boostqa.lake import Lake
+from boostqa.runner import Runner, StageError
+from boostqa.stages.base import Stage
+
+
+def toy_transform(ctx, items, **_):
+    """Even ids kept (v doubled), odd ids rejected, multiples of 7 deferred (e.g. a failed LLM call)."""
+    return items.select(
+        "id", (F.col("v") * 2).alias("v2"), F.lit(ctx.run_id).alias("run_id"),
+        F.when(F.col("id") % 7 == 0, "deferred").when(F.col("id") % 2 == 1, "rejected").otherwise("kept")
+        .alias("_outcome"),
+        F.when(F.col("id") % 2 == 1, "odd").alias("_reason"),
+        F.when(F.col("id") % 7 == 0, "endpoint timed out").when(F.col("id") % 2 == 1, F.concat(F.lit("id "),
+               F.col("id").cast("string"))).alias("_detail"))
+
+
+TOY = Stage(name="toy", inputs={"items": "silver.items"}, output="gold.toy", rejects="quarantine.toy", key=("id",),
+            reject_columns=("id",), transform=toy_transform)
+
+
+def _seed(spark, lake: Lake, n=100):
+    lake.overwrite(spark.range(1, n + 1).withColumn("v", F.col("id") * 10), "silver.items")
+
+
+def _expected(n=100):
+    kept = {i for i in range(1, n + 1) if i % 7 and i % 2 == 0}
+    rejected = {i for i in range(1, n + 1) if i % 7 and i % 2 == 1}
+    return kept, rejected
+
+
+def _ids(lake, name):
+    return sorted(r.id for r in lake.read(name).collect())
+
+
+def test_chunks_commit_kept_rejected_and_leave_deferred_pending(spark, make_settings):
+    runner = Runner(make_settings(runner={"chunk_rows": 30}), spark=spark)
+    _seed(spark, runner.lake)
+    res = runner.run_stage(TOY, "r1")
+    kept, rejected = _expected()
+    assert res.chunks_total == 4 and res.complete
+    assert _ids(runner.lake, "gold.toy") == sorted(kept) and _ids(runner.lake, "quarantine.toy") == sorted(rejected)
+    assert (res.kept, res.rejected, res.deferred) == (len(kept), len(rejected), 14)
+    q = runner.lake.read("quarantine.toy").where("id = 3").first()
+    assert (q.reason, q.detail, q.stage, q.run_id) == ("odd", "id 3", "toy", "r1")
+    # deferred rows stay pending: the next run sees exactly them
+    res2 = runner.run_stage(TOY, "r2")
+    assert res2.pending == 14 and res2.deferred == 14 and res2.kept == res2.rejected == 0
+
+
+def test_resume_after_crash_between_chunks(spark, make_settings, monkeypatch):
+    runner = Runner(make_settings(runner={"chunk_rows": 20}), spark=spark)
+    _seed(spark, runner.lake)
+    calls = {"n": 0}
+    real = Lake.insert_new
+
+    def crashing(self, df, name, keys):
+        if name == "gold.toy":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("simulated crash: executor lost")
+        return real(self, df, name, keys)
+
+    monkeypatch.setattr(Lake, "insert_new", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        runner.run_stage(TOY, "crashy")
+    done_before = len(_ids(runner.lake, "gold.toy"))
+    assert 0 < done_before < len(_expected()[0])  # two chunks landed, the rest did not
+    monkeypatch.setattr(Lake, "insert_new", real)
+    res = runner.run_stage(TOY, "resume")
+    kept, rejected = _expected()
+    assert _ids(runner.lake, "gold.toy") == sorted(kept)  # complete, and no duplicates
+    assert _ids(runner.lake, "quarantine.toy") == sorted(rejected)
+    assert res.kept == len(kept) - done_before  # the rerun did only what was left
+
+
+def test_max_chunks_then_finish(spark, make_settings):
+    runner = Runner(make_settings(runner={"chunk_rows": 25}), spark=spark)
+    _seed(spark, runner.lake)
+    res = runner.run_stage(TOY, "part", max_chunks=1)
+    assert res.chunks_done == 1 and not res.complete
+    res = runner.run_stage(TOY, "rest")
+    assert res.complete and _ids(runner.lake, "gold.toy") == sorted(_expected()[0])
+
+
+def test_inputs_are_pinned_and_logged(spark, make_settings):
+    runner = Runner(make_settings(), spark=spark)
+    _seed(spark, runner.lake, 10)
+    res = runner.run_stage(TOY, "p")
+    [ref] = res.inputs
+    assert (ref.name, ref.version) == ("silver.items", runner.lake.version("silver.items"))
+    _seed(spark, runner.lake, 20)  # new input version: only the new keys are pending
+    res = runner.run_stage(TOY, "p2")
+    assert res.inputs[0].version == ref.version + 1 and res.pending == 10 + 1  # 10 new + id 7 still deferred
+
+
+def test_a_transform_that_loses_rows_is_refused(spark, make_settings):
+    lossy = Stage(name="lossy", inputs={"items": "silver.items"}, output="gold.lossy", key=("id",),
+                  transform=lambda ctx, items: toy_transform(ctx, items.where("id > 5")))
+    runner = Runner(make_settings(), spark=spark)
+    _seed(spark, runner.lake, 10)
+    with pytest.raises(StageError, match="returned 5 rows for 10 pending rows"):
+        runner.run_stage(lossy, "x")
+    assert not runner.lake.exists("gold.lossy")  # nothing of the chunk was committed
+
+
+def test_duplicate_output_keys_are_refused(spark, make_settings):
+    dup = Stage(name="dup", inputs={"items": "silver.items"}, output="gold.dup", key=("k",), one_to_one=False,
+                transform=lambda ctx, items: items.select(F.lit(1).alias("k"), F.lit(None).cast("string")
+                                                          .alias("_reason"), F.lit(None).cast("string").alias("_detail")))
+    runner = Runner(make_settings(), spark=spark)
+    _seed(spark, runner.lake, 3)
+    with pytest.raises(StageError, match="duplicate keys"):
+        runner.run_stage(dup, "x")
+
+
+def test_missing_input_table_is_a_clear_error(spark, make_settings):
+    runner = Runner(make_settings(), spark=spark)
+    with pytest.raises(StageError, match="input table silver.items does not exist"):
+        runner.run_stage(TOY, "x")
