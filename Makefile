@@ -25,7 +25,7 @@ demo: assets
 	$(BQ) run $(DEMO)
 	$(BQ) tables $(DEMO)
 	$(BQ) sql $(DEMO) "select source, count(*) as seeds from bronze.seeds group by source order by source"
-	$(BQ) sql $(DEMO) "select source, reason, count(*) as n from quarantine.seeds group by source, reason order by n desc, reason"
+	$(BQ) sql $(DEMO) "select reason, detail from quarantine.seeds order by source, source_row"
 	$(BQ) runs $(DEMO) --limit 3
 
 test: assets

@@ -38,7 +38,7 @@ def _runner(settings: Settings, progress=None):
 
 
 def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -48,7 +48,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from boostqa.runner import StageError
     from boostqa.sources import SourceError
 
-    return ConfigError, SourceError, LakeError, StageError, AssetError, AssetMissing, KeyError, LookupError
+    from pyspark.errors import PySparkException
+
+    return (ConfigError, SourceError, LakeError, StageError, AssetError, AssetMissing, KeyError, LookupError,
+            PySparkException)
 
 
 def _guard(fn):
@@ -63,7 +66,7 @@ def _guard(fn):
             raise
         except Exception as e:
             if isinstance(e, _known_errors()):
-                _fail(str(e).strip("'\""))
+                _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
             raise
 
     return wrapper
@@ -219,8 +222,9 @@ def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
 
     s = _settings(profile)
     rows = mlflow_lineage(s.tracking_uri(), s.tracking.experiment, run_id)
-    _print_df(pd.DataFrame(rows, columns=["stage", "context", "table", "version", "digest", "location", "status"]),
-              fmt, title=f"lineage of pipeline run {run_id}")
+    frame = pd.DataFrame(rows, columns=["stage", "context", "table", "version", "digest", "location", "status"])
+    frame["version"] = frame["version"].astype("Int64")  # files have no version: keep ints, not 1.0
+    _print_df(frame, fmt, title=f"lineage of pipeline run {run_id}")
 
 
 @app.command()

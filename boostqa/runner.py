@@ -132,24 +132,21 @@ class Runner:
             inputs = self._pin_inputs(stage, staging, result)
             driving_alias = next(iter(stage.inputs))
             pending = self._pending(stage, inputs[driving_alias])
-            result.pending = pending.count()
-            n_chunks = math.ceil(result.pending / self.settings.runner.chunk_rows) if result.pending else 0
-            result.chunks_total = n_chunks
-            by = list(stage.chunk_by or stage.key)
-            for i in range(n_chunks):
+            buckets, chunks = self._plan_chunks(stage, pending)
+            result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
+            for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
                 if max_chunks is not None and i >= max_chunks:
                     break
-                chunk = pending if n_chunks == 1 else \
-                    pending.where(F.pmod(F.xxhash64(*by), F.lit(n_chunks)) == F.lit(i))
+                chunk = pending if chunk_id is None else pending.where(_bucket(stage, buckets) == chunk_id)
                 args = dict(inputs, **{driving_alias: chunk})
                 if stage.reads_output:
                     args["existing"] = lake.read(stage.output) if lake.exists(stage.output) else None
-                self._commit_chunk(stage, ctx, chunk, args, f"{staging}/chunk-{i:05d}", result)
+                self._commit_chunk(stage, ctx, rows, args, f"{staging}/chunk-{i:05d}", result)
                 result.chunks_done += 1
                 result.seconds = time.monotonic() - t0
                 done = result.kept + result.rejected + result.deferred
-                self.progress(Progress(stage.name, result.chunks_done, n_chunks, done, result.pending, result.kept,
-                                       result.rejected, result.deferred, result.seconds))
+                self.progress(Progress(stage.name, result.chunks_done, result.chunks_total, done, result.pending,
+                                       result.kept, result.rejected, result.deferred, result.seconds))
             result.seconds = time.monotonic() - t0
             for name, ctx_name in ((stage.output, "output"), (stage.rejects, "rejects")):
                 if name and lake.exists(name):
@@ -184,6 +181,18 @@ class Runner:
                 inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
         return inputs
 
+    def _plan_chunks(self, stage: Stage, pending: DataFrame) -> tuple[int, dict]:
+        """Bucket count and the non-empty buckets with their row counts. Empty buckets are skipped,
+        so --max-chunks always makes progress; None means a single chunk of everything."""
+        total = pending.count()
+        if total == 0:
+            return 0, {}
+        buckets = math.ceil(total / self.settings.runner.chunk_rows)
+        if buckets == 1:
+            return 1, {None: total}
+        rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
+        return buckets, {int(r["c"]): int(r["count"]) for r in rows}
+
     def _pending(self, stage: Stage, driving: DataFrame) -> DataFrame:
         key = list(stage.key)
         for name in (stage.output, stage.rejects):
@@ -191,7 +200,7 @@ class Runner:
                 driving = driving.join(self.lake.read(name).select(*key), key, "left_anti")
         return driving
 
-    def _commit_chunk(self, stage: Stage, ctx: StageContext, chunk: DataFrame, args: dict,
+    def _commit_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
                       path: str, result: StageResult) -> None:
         out = stage.transform(ctx, **args)
         if "_outcome" not in out.columns:
@@ -202,7 +211,6 @@ class Runner:
                   for r in staged.groupBy("_outcome", "_reason").count().collect()}
         total = sum(counts.values())
         if stage.one_to_one:
-            expected = chunk.count()
             if total != expected:
                 raise StageError(f"stage {stage.name} returned {total} rows for {expected} pending rows: "
                                  "a transform must account for every row (kept, rejected or deferred)")
@@ -228,6 +236,11 @@ class Runner:
             if o == "rejected":
                 result.rejected_by_reason[reason] = result.rejected_by_reason.get(reason, 0) + v
         _remove(path)
+
+
+def _bucket(stage: Stage, buckets: int):
+    """Chunk of a row: rows that must be judged together (chunk_by, default the key) share one."""
+    return F.pmod(F.xxhash64(*(stage.chunk_by or stage.key)), F.lit(buckets))
 
 
 def _remove(path: str) -> None:

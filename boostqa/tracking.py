@@ -54,8 +54,11 @@ class Tracker:
         self.experiment = experiment
         self.parent_id: str | None = None
         if enabled:
+            import logging
+
             import mlflow
 
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every db open
             artifacts = None
             if uri.startswith("sqlite:///"):  # artifacts beside the db, not in ./mlruns of the cwd
                 runs_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
