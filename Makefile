@@ -15,17 +15,19 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boostqa needs Python 3.11+, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0   # the CPU wheel, before anything asks for torch
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,embed]'
 	@touch $@
 
 assets: setup
-	$(BQ) assets fetch champ
+	$(BQ) assets fetch
 
 demo: assets
 	$(BQ) run $(DEMO)
 	$(BQ) tables $(DEMO)
 	$(BQ) sql $(DEMO) "select source, count(*) as seeds from bronze.seeds group by source order by source"
 	$(BQ) sql $(DEMO) "select reason, detail from quarantine.seeds order by source, source_row"
+	$(BQ) audit $(DEMO)
 	$(BQ) runs $(DEMO) --limit 3
 
 test: assets

@@ -229,6 +229,31 @@ def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
 
 @app.command()
 @_guard
+def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help="example rows per section")] = 3):
+    """What dedup and decontamination removed and why: counts per reason, benchmark and method."""
+    runner = _runner(_settings(profile))
+    lake, spark = runner.lake, runner.spark
+    lake.register_sql_names()
+    if lake.exists("quarantine.duplicates"):
+        _print_df(spark.sql("select reason, count(*) as seeds, round(min(similarity), 3) as min_similarity "
+                            "from quarantine.duplicates group by reason order by reason").toPandas(), "table",
+                  title="dedup: removed seeds by reason")
+        _print_df(spark.sql(f"select d.reason, d.similarity, d.source, d.source_row_id, r.source as rep_source, "
+                            f"r.source_row_id as rep_row_id from quarantine.duplicates d join silver.seeds r "
+                            f"on d.representative = r.seed_uid order by d.similarity limit {examples}").toPandas(),
+                  "table", title="dedup: examples (lowest similarity first)")
+    if lake.exists("quarantine.contaminated"):
+        _print_df(spark.sql("select benchmark, method, count(*) as rows from quarantine.contaminated "
+                            "group by benchmark, method order by rows desc, benchmark, method").toPandas(), "table",
+                  title="decontamination: hits per benchmark and method")
+        _print_df(spark.sql(f"select benchmark, method, item_id, shared_ngrams, round(cosine, 3) as cosine, ngram, "
+                            f"substr(question, 1, 80) as question from quarantine.contaminated "
+                            f"order by benchmark limit {examples}").toPandas(), "table",
+                  title="decontamination: examples")
+
+
+@app.command()
+@_guard
 def runs(profile: ProfileOpt = None, limit: int = 10):
     """Recent pipeline runs in MLflow (newest first)."""
     import pandas as pd

@@ -72,13 +72,58 @@ class SourceConfig(_Model):
     lang: str = "en"  # default language when the record has none
     require_answer: bool = True
     fields: FieldMap = FieldMap()
+    choices_fields: list[str] = []  # choices spread over several fields (MMLU answer_a..d, GPQA answers)
+    answer_is_label: bool = False  # the answer is a choice label (A, B, ... or 0, 1, ...): store the choice text
     csv_delimiter: str = ","
+    enabled: bool = True  # declared but skipped (e.g. a benchmark you have no copy of yet)
 
 
 class IngestConfig(_Model):
     max_question_chars: int = Field(20_000, ge=1)
     max_answer_chars: int = Field(50_000, ge=1)
     max_choices: int = Field(26, ge=2)
+
+
+class NormalizeConfig(_Model):
+    """Text normalisation shared by dedup and decontamination."""
+
+    nfkc: bool = True
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    collapse_digits: bool = False  # every digit run -> "0" (numbers stop distinguishing texts)
+    split_cjk: bool = True  # each CJK character is a token, so Chinese text has word n-grams
+
+
+class DedupConfig(_Model):
+    normalize: NormalizeConfig = NormalizeConfig()
+    shingle_words: int = Field(5, ge=1)  # word n-gram size of MinHash shingles
+    num_perm: int = Field(128, ge=16)
+    threshold: float = Field(0.8, gt=0, lt=1)  # Jaccard similarity that makes a near duplicate
+    false_positive_weight: float = Field(0.5, ge=0, le=1)  # bands x rows chosen by datasketch from these
+    seed: int = 42
+    verify: bool = True  # drop LSH candidate pairs whose estimated Jaccard is below the threshold
+    keep: Literal["smallest_id", "source_priority", "longest_answer"] = "smallest_id"
+    source_priority: list[str] = []  # for keep=source_priority: earlier sources win
+    max_iterations: int = Field(50, ge=1)  # connected-components rounds before giving up
+
+
+class EmbeddingConfig(_Model):
+    enabled: bool = True
+    backend: Literal["local", "openai"] = "local"  # local: all-MiniLM-L6-v2 on CPU
+    threshold: float = Field(0.92, gt=0, le=1)  # cosine at or above which a seed matches a benchmark item
+    batch_size: int = Field(64, ge=1)
+    threads: int = Field(1, ge=1)
+    base_url: str | None = None  # backend=openai: any /v1/embeddings endpoint
+    model: str | None = None
+    api_key_env: str | None = None  # name of the env var holding the key, never the key
+
+
+class DecontamConfig(_Model):
+    normalize: NormalizeConfig = NormalizeConfig()
+    ngram: int = Field(10, ge=3)  # word n-gram size of the exact-overlap check
+    min_shared_ngrams: int = Field(1, ge=1)  # shared n-grams with one benchmark item that make a hit
+    min_distinct_words: int = Field(4, ge=1)  # benchmark n-grams with fewer distinct words are ignored
+    embedding: EmbeddingConfig = EmbeddingConfig()
 
 
 class Settings(_Model):
@@ -92,8 +137,11 @@ class Settings(_Model):
     runner: RunnerConfig = RunnerConfig()
     ingest: IngestConfig = IngestConfig()
     sources: list[SourceConfig] = []
+    benchmarks: list[SourceConfig] = []
+    dedup: DedupConfig = DedupConfig()
+    decontam: DecontamConfig = DecontamConfig()
 
-    @field_validator("sources")
+    @field_validator("sources", "benchmarks")
     @classmethod
     def _unique_sources(cls, v: list[SourceConfig]) -> list[SourceConfig]:
         names = [s.name for s in v]

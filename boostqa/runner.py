@@ -30,12 +30,8 @@ from boostqa.config import Settings
 from boostqa.engine import get_spark
 from boostqa.lake import Lake
 from boostqa.stages import STAGES, resolve
-from boostqa.stages.base import SOURCE_FILES, Stage, StageContext
+from boostqa.stages.base import Stage, StageContext, StageError
 from boostqa.tracking import TableRef, Tracker
-
-
-class StageError(RuntimeError):
-    """A stage broke its contract (lost rows, duplicate keys); nothing of the chunk was committed."""
 
 
 @dataclass
@@ -74,6 +70,7 @@ class StageResult:
     inputs: list[TableRef] = field(default_factory=list)
     outputs: list[TableRef] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # stage-specific metrics (Stage.report)
 
     @property
     def complete(self) -> bool:
@@ -86,6 +83,7 @@ class StageResult:
              "rows_per_second": round((self.kept + self.rejected + self.deferred) / self.seconds, 2)
              if self.seconds else 0.0}
         m.update({f"rejected.{k}": v for k, v in self.rejected_by_reason.items()})
+        m.update(self.extra)
         return m
 
 
@@ -107,7 +105,7 @@ class Runner:
     def run(self, stage_names: list[str] | None = None, run_id: str | None = None,
             max_chunks: int | None = None) -> tuple[str, list[StageResult]]:
         """Run stages in pipeline order under one MLflow parent run; returns (run_id, results)."""
-        stages = resolve(stage_names)
+        stages = [s for s in resolve(stage_names) if s.enabled is None or s.enabled(self.settings)]
         run_id = run_id or new_run_id()
         results = []
         with self.tracker.pipeline(run_id, {"boostqa.profile": self.settings.profile}):
@@ -123,8 +121,8 @@ class Runner:
     def run_stage(self, stage: Stage, run_id: str, max_chunks: int | None = None) -> StageResult:
         lake, t0 = self.lake, time.monotonic()
         result = StageResult(stage.name)
-        ctx = StageContext(self.spark, self.settings, run_id, stage)
         staging = lake.staging_path(stage.name, run_id)
+        ctx = StageContext(self.spark, self.settings, run_id, stage, checkpoint=self._checkpointer(staging))
         params = {"stage": stage.name, "run_id": run_id, "chunk_rows": self.settings.runner.chunk_rows,
                   "config": stage.config(self.settings) if stage.config else {}}
         with self.tracker.stage(stage.name, params) as mlflow_run:
@@ -166,12 +164,15 @@ class Runner:
     def _pin_inputs(self, stage: Stage, staging: str, result: StageResult) -> dict[str, DataFrame]:
         inputs = {}
         for alias, spec in stage.inputs.items():
-            if spec == SOURCE_FILES:
+            if spec.startswith("files:"):
                 raw_path = f"{staging}/raw.parquet"
-                files, _ = sources.write_raw(self.settings.sources, self.settings.cache_dir(), raw_path)
+                declared = getattr(self.settings, spec.split(":", 1)[1])
+                files, _ = sources.write_raw(declared, self.settings.cache_dir(), raw_path)
                 for f in files:
                     self.tracker.log_file(f"{f.source}/{f.rel}", str(f.path), f.sha256[:16])
                 inputs[alias] = self.spark.read.parquet(raw_path)
+            elif alias in stage.optional_inputs and not self.lake.exists(spec):
+                inputs[alias] = None
             else:
                 ref = self._ref(spec)
                 if ref.version is None:
@@ -181,13 +182,25 @@ class Runner:
                 inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
         return inputs
 
+    def _checkpointer(self, staging: str):
+        """Materialise a DataFrame in staging and read it back: cuts an iterative plan (Sail has no
+        localCheckpoint), and the files go away with the stage's staging area."""
+        counter = iter(range(1_000_000))
+
+        def checkpoint(df: DataFrame) -> DataFrame:
+            path = f"{staging}/checkpoint-{next(counter):04d}"
+            df.write.mode("overwrite").parquet(path)
+            return self.spark.read.schema(df.schema).parquet(path)
+
+        return checkpoint
+
     def _plan_chunks(self, stage: Stage, pending: DataFrame) -> tuple[int, dict]:
         """Bucket count and the non-empty buckets with their row counts. Empty buckets are skipped,
         so --max-chunks always makes progress; None means a single chunk of everything."""
         total = pending.count()
         if total == 0:
             return 0, {}
-        buckets = math.ceil(total / self.settings.runner.chunk_rows)
+        buckets = 1 if stage.whole else math.ceil(total / (stage.chunk_rows or self.settings.runner.chunk_rows))
         if buckets == 1:
             return 1, {None: total}
         rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
@@ -224,11 +237,18 @@ class Runner:
         if n_kept or not self.lake.exists(stage.output):
             self.lake.insert_new(kept, stage.output, key)
         if stage.rejects and (n_rej or not self.lake.exists(stage.rejects)):
-            rejected = staged.where(F.col("_outcome") == "rejected").select(
-                *stage.reject_columns, F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
+            rejected = staged.where(F.col("_outcome") == "rejected").select(  # "_x" is stored as "x"
+                *[F.col(c).alias(c.lstrip("_")) for c in stage.reject_columns], F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
                 F.lit(stage.name).alias("stage"), F.lit(ctx.run_id).alias("run_id"),
                 F.current_timestamp().alias("rejected_at"))
             self.lake.insert_new(rejected, stage.rejects, key)
+        for d in stage.derived:
+            self.lake.insert_new(d.build(ctx, staged), d.table, d.key)
+        extra = dict(stage.report(staged)) if stage.report else {}
+        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float))})
+        for k, v in extra.items():
+            result.extra[k] = result.extra.get(k, 0) + v
+        ctx.extra.clear()
         result.kept += n_kept
         result.rejected += n_rej
         result.deferred += sum(v for (o, _), v in counts.items() if o == "deferred")
@@ -244,8 +264,14 @@ def _bucket(stage: Stage, buckets: int):
 
 
 def _remove(path: str) -> None:
-    if "://" not in path:
-        shutil.rmtree(Path(path), ignore_errors=True)
+    """Delete a staging directory and the parents it leaves empty."""
+    if "://" in path:
+        return
+    p = Path(path)
+    shutil.rmtree(p, ignore_errors=True)
+    for parent in (p.parent, p.parent.parent):
+        if parent.name and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 __all__ = ["Runner", "StageResult", "Progress", "StageError", "new_run_id", "STAGES"]

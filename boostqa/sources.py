@@ -177,7 +177,7 @@ def write_raw(sources: list[SourceConfig], cache_dir: Path, out_path: str) -> tu
 
     All files are resolved first, so a missing one fails before any output exists.
     """
-    files = [(s, sf) for s in sources for sf in list_files(s, cache_dir)]
+    files = [(s, sf) for s in sources if s.enabled for sf in list_files(s, cache_dir)]
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     n = 0
     with pq.ParquetWriter(out_path + ".tmp", RAW_SCHEMA) as writer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,8 +125,8 @@ class Tracker:
         self._mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-        if self.enabled and metrics:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        if self.enabled and metrics:  # names may carry data (benchmark, method): keep MLflow's charset
+            self._mlflow.log_metrics({re.sub(r"[^\w\-. :/]", "_", k): float(v) for k, v in metrics.items()})
 
     def log_dict(self, data: dict, artifact: str) -> None:
         if self.enabled:

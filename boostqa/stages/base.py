@@ -17,8 +17,23 @@ from pyspark.sql import DataFrame, SparkSession
 
 from boostqa.config import Settings
 
+class StageError(RuntimeError):
+    """A stage broke its contract or cannot run; nothing of the chunk was committed."""
+
+
 SOURCE_FILES = "files:sources"  # input spec: the seed source files declared in config
+BENCHMARK_FILES = "files:benchmarks"  # input spec: the benchmark test-set files declared in config
 OUTCOMES = ("kept", "rejected", "deferred")
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A table built from a chunk's staged result (all rows, incl. underscore columns), committed
+    insert-only on its key right after the main output: e.g. cluster membership or an index."""
+
+    table: str
+    key: tuple[str, ...]
+    build: Callable[[Any, DataFrame], DataFrame]  # (StageContext, staged) -> rows
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,12 @@ class Stage:
     chunk_by: tuple[str, ...] = ()  # rows that must be judged together share a chunk (default: key)
     reads_output: bool = False  # transform gets `existing`: the output table as committed so far
     one_to_one: bool = True  # every pending row leaves as exactly one kept/rejected/deferred row
+    whole: bool = False  # judge all pending rows together in one chunk (e.g. clustering)
+    chunk_rows: int | None = None  # overrides runner.chunk_rows (e.g. small chunks for slow model calls)
+    enabled: Callable[[Settings], bool] | None = None  # skipped when this says False
+    optional_inputs: tuple[str, ...] = ()  # aliases that are None until their table exists
+    derived: tuple[Derived, ...] = ()
+    report: Callable[[DataFrame], dict[str, float]] | None = None  # extra metrics from a staged chunk
     config: Callable[[Settings], Any] | None = None  # the settings section logged with the stage
     description: str = ""
 
@@ -43,4 +64,5 @@ class StageContext:
     settings: Settings
     run_id: str
     stage: Stage
+    checkpoint: Callable[[DataFrame], DataFrame] = lambda df: df  # materialise an iterative plan
     extra: dict[str, Any] = field(default_factory=dict)

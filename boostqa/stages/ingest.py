@@ -29,12 +29,18 @@ BRONZE_COLUMNS = ["seed_uid", "record_key", "source", "source_file", "source_row
 _BATCH_ROWS = 5_000
 
 
+def _declared(ctx: StageContext):
+    """The config list this stage reads (sources for ingest, benchmarks for bench)."""
+    return [s for s in getattr(ctx.settings, ctx.stage.inputs["raw"].split(":", 1)[1]) if s.enabled]
+
+
 def _rules(ctx: StageContext) -> dict[str, Rules]:
     lim = ctx.settings.ingest
     return {s.name: Rules(fields=s.fields.model_dump(), lang=s.lang, require_answer=s.require_answer,
                           max_question_chars=lim.max_question_chars, max_answer_chars=lim.max_answer_chars,
-                          max_choices=lim.max_choices)
-            for s in ctx.settings.sources}
+                          max_choices=lim.max_choices, choices_fields=tuple(s.choices_fields),
+                          answer_is_label=s.answer_is_label)
+            for s in _declared(ctx)}
 
 
 def transform(ctx: StageContext, raw: DataFrame, existing: DataFrame | None = None) -> DataFrame:
@@ -72,7 +78,7 @@ def transform(ctx: StageContext, raw: DataFrame, existing: DataFrame | None = No
                                       F.lit("' already used at "), F.col("_first")))
               .otherwise(F.col("_detail")))
 
-    weights = F.create_map(*[x for s in ctx.settings.sources for x in (F.lit(s.name), F.lit(float(s.weight)))])
+    weights = F.create_map(*[x for s in _declared(ctx) for x in (F.lit(s.name), F.lit(float(s.weight)))])
     return parsed.select(
         "seed_uid", "record_key", "source", "source_file", "source_row", "source_row_id", "question", "answer",
         "choices", "subject_hint", "lang",

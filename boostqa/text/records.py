@@ -42,6 +42,8 @@ class Rules:
     max_question_chars: int
     max_answer_chars: int
     max_choices: int
+    choices_fields: tuple[str, ...] = ()
+    answer_is_label: bool = False
 
 
 class _Reject(Exception):
@@ -72,6 +74,16 @@ def _scalar_text(value: Any, field: str, path: str) -> str:
 
 def seed_uid(source: str, source_row_id: str) -> str:
     return hashlib.sha256(f"{source}\x1f{source_row_id}".encode()).hexdigest()[:32]
+
+
+def _label_to_choice(label: str, choices: list[str] | None) -> str:
+    """'C' or '2' -> the text of that choice, so n-grams and embeddings see the real answer."""
+    label = label.strip().rstrip(".):")
+    idx = ord(label.upper()) - ord("A") if len(label) == 1 and label.isalpha() else \
+        int(label) if label.isdigit() else -1
+    if not choices or not 0 <= idx < len(choices):
+        raise _Reject("wrong_type", f"answer label {label!r} does not name one of {len(choices or [])} choices")
+    return choices[idx]
 
 
 def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, locator: str) -> dict:
@@ -106,7 +118,11 @@ def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, lo
         raise _Reject("missing_answer", f"no answer in field {f.get('answer')!r} and the source requires one")
 
     choices = None
-    if f.get("choices"):
+    if rules.choices_fields:
+        parts = [_get(rec, p) for p in rules.choices_fields]
+        choices = [_scalar_text(x, "choices[]", p).strip() for x, p in zip(parts, rules.choices_fields)
+                   if x is not _MISSING and x is not None]
+    elif f.get("choices"):
         c = _get(rec, f["choices"])
         if c is not _MISSING and c is not None:
             if isinstance(c, dict):  # {"A": "...", "B": "..."}
@@ -116,6 +132,9 @@ def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, lo
             choices = [_scalar_text(x, "choices[]", f["choices"]) for x in c]
             if len(choices) > rules.max_choices:
                 raise _Reject("wrong_type", f"{len(choices)} choices > limit {rules.max_choices}")
+
+    if rules.answer_is_label and answer is not None:
+        answer = _label_to_choice(answer, choices)
 
     subject = lang = None
     for name in ("subject", "lang"):
