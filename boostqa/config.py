@@ -99,7 +99,7 @@ class DedupConfig(_Model):
     shingle_words: int = Field(5, ge=1)  # word n-gram size of MinHash shingles
     num_perm: int = Field(128, ge=16)
     threshold: float = Field(0.8, gt=0, lt=1)  # Jaccard similarity that makes a near duplicate
-    false_positive_weight: float = Field(0.5, ge=0, le=1)  # bands x rows chosen by datasketch from these
+    false_positive_weight: float = Field(0.1, ge=0, le=1)  # low: verify drops the extra candidates
     seed: int = 42
     verify: bool = True  # drop LSH candidate pairs whose estimated Jaccard is below the threshold
     keep: Literal["smallest_id", "source_priority", "longest_answer"] = "smallest_id"
@@ -126,6 +126,49 @@ class DecontamConfig(_Model):
     embedding: EmbeddingConfig = EmbeddingConfig()
 
 
+class EndpointConfig(_Model):
+    """One OpenAI-compatible endpoint. ``base_url: simulator`` starts boostqa's own simulator
+    (a real HTTP server on loopback) for the run, and every output is labelled simulated."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None  # the env var that holds the key (never the key)
+    max_concurrency: int = Field(16, ge=1)  # requests in flight, over all Spark tasks
+    rpm: float | None = Field(None, gt=0)  # requests per minute, over all tasks
+    tpm: float | None = Field(None, gt=0)  # tokens per minute (prompt estimate + max_tokens)
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    invalid_retries: int = Field(1, ge=0)  # asks again when the output does not parse
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30.0, ge=0)
+    breaker_failures: int = Field(20, ge=0)  # consecutive failures that stop a task hammering an endpoint
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = Field(1024, ge=1)
+    response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
+    est_completion_tokens: int = Field(300, ge=0)  # for `boostqa plan`
+    price_input_per_mtok: float = Field(0.0, ge=0)  # USD per million prompt tokens, for `boostqa plan`
+    price_output_per_mtok: float = Field(0.0, ge=0)
+
+
+class SimulatorConfig(_Model):
+    latency_ms: float = 20.0
+    fault_rate: float = Field(0.0, ge=0, le=1)
+    seed: int = 0
+
+
+class LLMConfig(_Model):
+    endpoints: dict[str, EndpointConfig] = {}
+    parallel_tasks: int = Field(2, ge=1)  # Spark tasks calling at once; each gets 1/N of every budget
+    chunk_rows: int = Field(500, ge=1)  # rows per committed chunk in LLM stages
+    simulator: SimulatorConfig = SimulatorConfig()
+
+
+class AnnotateConfig(_Model):
+    endpoint: str = "annotator"
+    prompt: str = "annotate"
+
+
 class Settings(_Model):
     project: str = "boostqa"
     profile: str = "local"
@@ -140,6 +183,8 @@ class Settings(_Model):
     benchmarks: list[SourceConfig] = []
     dedup: DedupConfig = DedupConfig()
     decontam: DecontamConfig = DecontamConfig()
+    llm: LLMConfig = LLMConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
 
     @field_validator("sources", "benchmarks")
     @classmethod

@@ -31,7 +31,7 @@ from boostqa.engine import get_spark
 from boostqa.lake import Lake
 from boostqa.stages import STAGES, resolve
 from boostqa.stages.base import Stage, StageContext, StageError
-from boostqa.tracking import TableRef, Tracker
+from boostqa.tracking import SIMULATED_TAG, TableRef, Tracker
 
 
 @dataclass
@@ -152,7 +152,10 @@ class Runner:
                     result.outputs.append(ref)
                     self.tracker.log_table(ref, ctx_name)
             self.tracker.log_metrics(result.metrics())
-            self.tracker.set_tags({"boostqa.complete": str(result.complete).lower()})
+            tags = {"boostqa.complete": str(result.complete).lower()}
+            if result.extra.get("llm_simulated"):
+                tags[SIMULATED_TAG] = "true"  # outputs came from boostqa's simulator, not a model
+            self.tracker.set_tags(tags)
         _remove(staging)
         return result
 
@@ -200,7 +203,8 @@ class Runner:
         total = pending.count()
         if total == 0:
             return 0, {}
-        buckets = 1 if stage.whole else math.ceil(total / (stage.chunk_rows or self.settings.runner.chunk_rows))
+        rows = stage.chunk_rows(self.settings) if callable(stage.chunk_rows) else stage.chunk_rows
+        buckets = 1 if stage.whole else math.ceil(total / (rows or self.settings.runner.chunk_rows))
         if buckets == 1:
             return 1, {None: total}
         rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
@@ -245,7 +249,9 @@ class Runner:
         for d in stage.derived:
             self.lake.insert_new(d.build(ctx, staged), d.table, d.key)
         extra = dict(stage.report(staged)) if stage.report else {}
-        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float))})
+        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float)) and k != "llm_simulated"})
+        if ctx.extra.get("llm_simulated"):
+            result.extra["llm_simulated"] = 1
         for k, v in extra.items():
             result.extra[k] = result.extra.get(k, 0) + v
         ctx.extra.clear()

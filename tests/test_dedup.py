@@ -317,7 +317,8 @@ def test_lsh_shape_is_datasketch_choice_and_logged(planted):
     from datasketch.lsh import _optimal_param
 
     bands, rows = lsh_shape(StageContext(None, s, "x", DEDUP))
-    assert (bands, rows) == lsh_params(0.8, 128, 0.5, 0.5) == tuple(_optimal_param(0.8, 128, 0.5, 0.5))
+    fp = s.dedup.false_positive_weight
+    assert (bands, rows) == lsh_params(0.8, 128, fp, 1 - fp) == tuple(_optimal_param(0.8, 128, fp, 1 - fp)) == (14, 9)
     assert bands * rows <= 128
 
     client = MlflowClient(s.tracking_uri())

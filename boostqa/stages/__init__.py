@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from boostqa.stages import bench, decontam, dedup, ingest
+from boostqa.stages import annotate, bench, decontam, dedup, ingest
 from boostqa.stages.base import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, bench.STAGE, bench.EMBED_STAGE, dedup.STAGE,
-                                                decontam.STAGE)}
+                                                decontam.STAGE, annotate.STAGE)}
 
 
 def resolve(names: list[str] | None) -> list[Stage]:

@@ -49,7 +49,7 @@ class Stage:
     reads_output: bool = False  # transform gets `existing`: the output table as committed so far
     one_to_one: bool = True  # every pending row leaves as exactly one kept/rejected/deferred row
     whole: bool = False  # judge all pending rows together in one chunk (e.g. clustering)
-    chunk_rows: int | None = None  # overrides runner.chunk_rows (e.g. small chunks for slow model calls)
+    chunk_rows: int | Callable[[Settings], int] | None = None  # overrides runner.chunk_rows (slow model calls)
     enabled: Callable[[Settings], bool] | None = None  # skipped when this says False
     optional_inputs: tuple[str, ...] = ()  # aliases that are None until their table exists
     derived: tuple[Derived, ...] = ()

@@ -1,0 +1,130 @@
+"""annotate: silver.seeds_clean -> silver.seeds_annotated (discipline x difficulty by an LLM).
+
+The annotator labels each seed with a discipline from conf/taxonomy.yaml, a difficulty H1..H5
+with written level definitions, and a short rationale. The output schema enumerates the
+taxonomy, so an invented label fails validation (and is asked again, then quarantined with the
+raw text). ``is_stem`` comes from the taxonomy, not from the model, so it cannot contradict
+the discipline. Failed calls leave the seed pending for the next run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field, create_model
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from boostqa.llm.client import parse_output
+from boostqa.llm.prompts import load_prompt, request_key
+from boostqa.stages import llm
+from boostqa.stages.base import Derived, Stage, StageContext
+from boostqa.taxonomy import load_taxonomy
+
+LEVELS = ("H1", "H2", "H3", "H4", "H5")
+
+
+def annotation_model(labels: list[str]) -> type[BaseModel]:
+    """The strict output schema: taxonomy labels and levels as enums."""
+    return create_model("SeedAnnotation",
+                        discipline=(Literal[tuple(labels)], ...),
+                        difficulty=(Literal[LEVELS], ...),
+                        rationale=(str, Field(..., min_length=1, max_length=600)))
+
+
+def _choices_text(choices) -> str:
+    if choices is None or (isinstance(choices, float)) or len(choices) == 0:
+        return ""
+    return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+
+
+def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
+    cfg = ctx.settings.annotate
+    ep = llm.endpoint(ctx, cfg.endpoint)
+    prompt = load_prompt(cfg.prompt)
+    tax = load_taxonomy()
+    labels, tax_text, params = tax.labels, tax.prompt_text(), ep.params()
+
+    def render(batches):
+        for pdf in batches:
+            msgs = [json.dumps(prompt.render(taxonomy=tax_text, question=q, answer=a or "(none)",
+                                             choices=_choices_text(c)), ensure_ascii=False)
+                    for q, a, c in zip(pdf["question"], pdf["answer"], pdf["choices"])]
+            keys = [request_key(ep.model, prompt, json.loads(m), params) for m in msgs]
+            yield pd.DataFrame({"seed_uid": pdf["seed_uid"], "request_key": keys, "messages": msgs})
+
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in ("seed_uid", "request_key", "messages")])
+    reqs = ctx.checkpoint(seeds.select("seed_uid", "question", "answer", "choices").mapInPandas(render, schema))
+    results = llm.call(ctx, reqs, ep, lambda: annotation_model(labels), prompt.id, calls)
+
+    def parse(batches):  # the current parser over fresh AND logged responses: a parser fix re-parses for free
+        model = annotation_model(labels)
+        for pdf in batches:
+            out = {"request_key": [], "discipline": [], "difficulty": [], "rationale": [], "parse_error": []}
+            for key, raw in zip(pdf["request_key"], pdf["raw"]):
+                try:
+                    p = parse_output(raw, model)
+                    vals = (p["discipline"], int(p["difficulty"][1]), p["rationale"], None)
+                except ValueError as e:
+                    vals = (None, None, None, str(e))
+                for k, v in zip(("request_key", "discipline", "difficulty", "rationale", "parse_error"),
+                                (key, *vals)):
+                    out[k].append(v)
+            yield pd.DataFrame(out)
+
+    pschema = T.StructType([T.StructField("request_key", T.StringType()), T.StructField("discipline", T.StringType()),
+                            T.StructField("difficulty", T.IntegerType()), T.StructField("rationale", T.StringType()),
+                            T.StructField("parse_error", T.StringType())])
+    parsed = results.where(F.col("status") != "failed").select("request_key", "raw").mapInPandas(parse, pschema)
+    stem = F.create_map(*[x for d, v in tax.stem.items() for x in (F.lit(d), F.lit(v))])
+    r = results.join(parsed, "request_key", "left")
+    status = F.when(F.col("status") == "failed", "failed") \
+        .when(F.col("parse_error").isNull() & F.col("discipline").isNotNull(), "ok").otherwise("invalid")
+    out = seeds.join(reqs, "seed_uid").join(r, "request_key").withColumn("_status", status)
+    discipline = F.split("discipline", "/")
+    return out.select(
+        "seed_uid", "seed_id", "source", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
+        "source_weight", "cluster_id",
+        discipline[0].alias("discipline"), discipline[1].alias("subfield"),
+        stem[discipline[0]].alias("is_stem"), "difficulty", "rationale",
+        F.lit(ep.model).alias("annotator_model"), F.lit(prompt.id).alias("prompt_version"), "request_key",
+        F.lit(ep.simulated).alias("llm_simulated"), F.lit(ctx.run_id).alias("run_id"),
+        F.when(F.col("_status") == "ok", "kept").when(F.col("_status") == "invalid", "rejected")
+        .otherwise("deferred").alias("_outcome"),
+        F.when(F.col("_status") == "invalid", "invalid_output").alias("_reason"),
+        F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error")).alias("_detail"),
+        "_status", F.col("_fresh"), F.col("messages").alias("_messages"),
+        *[F.col(c).alias(f"_{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")])
+
+
+def _log(ctx: StageContext, staged: DataFrame) -> DataFrame:
+    c = ctx.settings.llm.endpoints[ctx.settings.annotate.endpoint]
+    return llm.log_rows(ctx, staged, ctx.settings.annotate.endpoint, c.model,
+                        load_prompt(ctx.settings.annotate.prompt).id, c.base_url == "simulator")
+
+
+def _failures(ctx: StageContext, staged: DataFrame) -> DataFrame:
+    return llm.failure_rows(ctx, staged, ctx.settings.annotate.endpoint)
+
+
+STAGE = Stage(
+    name="annotate",
+    inputs={"seeds": "silver.seeds_clean", "calls": "ops.llm_calls"},
+    optional_inputs=("calls",),
+    output="silver.seeds_annotated",
+    rejects="quarantine.annotation",
+    key=("seed_uid",),
+    reject_columns=("seed_uid", "request_key", "question", "_raw", "_finish_reason"),
+    derived=(Derived("ops.llm_calls", ("request_key",), _log),
+             Derived("ops.llm_failures", ("request_key", "run_id"), _failures)),
+    report=llm.report,
+    chunk_rows=lambda s: s.llm.chunk_rows,
+    transform=transform,
+    config=lambda s: {"annotate": s.annotate.model_dump(),
+                      "endpoint": s.llm.endpoints[s.annotate.endpoint].model_dump()
+                      if s.annotate.endpoint in s.llm.endpoints else None},
+    description="LLM discipline x difficulty (H1-H5) annotation",
+)

@@ -1,0 +1,146 @@
+"""The Spark side of LLM stages: endpoints, the call log, and calls from mapInPandas.
+
+A stage renders its prompts into (request_key, messages) rows; ``call`` looks each key up in
+``ops.llm_calls`` (a logged ok/invalid response is reused, never paid for again), sends the rest
+through the async client inside mapInPandas (one event loop per task, the endpoint's global
+concurrency/RPM/TPM budget divided by ``llm.parallel_tasks``), and returns one result row per
+key. Stages turn results into outcomes: ok -> kept, invalid -> rejected with the raw text,
+failed -> deferred (pending for the next run, error in ``ops.llm_failures``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+
+import pandas as pd
+from pydantic import BaseModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from boostqa.llm.client import Endpoint, Request, run_requests
+from boostqa.stages.base import StageContext, StageError
+
+RESULT_FIELDS = [("request_key", T.StringType()), ("status", T.StringType()), ("raw", T.StringType()),
+                 ("reasoning", T.StringType()), ("finish_reason", T.StringType()), ("prompt_tokens", T.LongType()),
+                 ("completion_tokens", T.LongType()), ("latency_ms", T.DoubleType()), ("attempts", T.LongType()),
+                 ("error", T.StringType()), ("http_status", T.LongType())]
+RESULT_SCHEMA = T.StructType([T.StructField(n, t) for n, t in RESULT_FIELDS])
+RESULT_COLUMNS = [n for n, _ in RESULT_FIELDS]
+
+_sim_lock = threading.Lock()
+_simulator = None
+
+
+def simulator_url(ctx: StageContext) -> str:
+    """Start (once per process) boostqa's simulator on loopback and return its /v1 URL."""
+    global _simulator
+    from boostqa.llm.simulator import SimConfig, SimulatorServer
+
+    with _sim_lock:
+        if _simulator is None:
+            c = ctx.settings.llm.simulator
+            cfg = SimConfig.with_fault_rate(c.fault_rate, latency_ms=c.latency_ms, seed=c.seed) if c.fault_rate \
+                else SimConfig(latency_ms=c.latency_ms, seed=c.seed)
+            _simulator = SimulatorServer(cfg)
+            _simulator.start()
+        return _simulator.base_url
+
+
+def stop_simulator() -> None:
+    global _simulator
+    with _sim_lock:
+        if _simulator is not None:
+            _simulator.stop()
+            _simulator = None
+
+
+def endpoint(ctx: StageContext, name: str) -> Endpoint:
+    eps = ctx.settings.llm.endpoints
+    if name not in eps:
+        raise StageError(f"stage {ctx.stage.name} uses LLM endpoint {name!r}, not in llm.endpoints ({sorted(eps)})")
+    c = eps[name]
+    simulated = c.base_url == "simulator"
+    if simulated:
+        ctx.extra["llm_simulated"] = 1
+    return Endpoint(name=name, base_url=simulator_url(ctx) if simulated else c.base_url, model=c.model,
+                    api_key_env=c.api_key_env, max_concurrency=c.max_concurrency, rpm=c.rpm, tpm=c.tpm,
+                    timeout=c.timeout, max_retries=c.max_retries, invalid_retries=c.invalid_retries,
+                    backoff_base=c.backoff_base, backoff_max=c.backoff_max, breaker_failures=c.breaker_failures,
+                    temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
+                    response_format=c.response_format, simulated=simulated)
+
+
+def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[[], type[BaseModel]],
+         prompt_id: str, calls_log: DataFrame | None) -> DataFrame:
+    """(request_key, messages) -> RESULT_SCHEMA + _fresh, one row per distinct key.
+
+    ``schema`` is a factory (a pydantic model built from config may not pickle; a closure does).
+    Results are checkpointed, so each request is sent once however often the plan is evaluated.
+    """
+    keys = requests.select("request_key", "messages").dropDuplicates(["request_key"])
+    cached = None
+    if calls_log is not None:
+        cached = (calls_log.where((F.col("prompt_id") == prompt_id) & (F.col("model") == ep.model))
+                  .select(*RESULT_COLUMNS).withColumn("_fresh", F.lit(False)))
+        keys = keys.join(cached.select("request_key"), "request_key", "left_anti")
+    tasks = ctx.settings.llm.parallel_tasks
+    share = ep.scaled(1.0 / tasks)
+
+    def run(batches):  # built per call: Connect UDFs need the session first
+        parts = [b for b in batches if len(b)]  # the whole partition: one sliding window over it
+        if not parts:
+            return
+        rows = pd.concat(parts, ignore_index=True)
+        reqs = [Request(k, json.loads(m)) for k, m in zip(rows["request_key"], rows["messages"])]
+        out = pd.DataFrame([r.as_row() for r in run_requests(share, reqs, schema())])
+        out = out.drop(columns=["parsed"])
+        for c in ("prompt_tokens", "completion_tokens", "attempts", "http_status"):
+            out[c] = out[c].astype("Int64")
+        yield out[RESULT_COLUMNS]
+
+    fresh = keys.repartition(tasks).mapInPandas(run, RESULT_SCHEMA).withColumn("_fresh", F.lit(True))
+    results = fresh if cached is None else fresh.unionByName(cached)
+    return ctx.checkpoint(results)
+
+
+def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, model: str, prompt_id: str,
+             simulated: bool) -> DataFrame:
+    """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text)."""
+    return (staged.where(F.col("_fresh") & F.col("_status").isin("ok", "invalid"))
+            .select(F.col("request_key"), F.lit(ep_name).alias("endpoint"), F.lit(model).alias("model"),
+                    F.lit(prompt_id).alias("prompt_id"), F.lit(ctx.stage.name).alias("stage"),
+                    F.col("_messages").alias("messages"), F.col("_status").alias("status"),
+                    F.col("_raw").alias("raw"), F.col("_reasoning").alias("reasoning"),
+                    F.col("_finish_reason").alias("finish_reason"), F.col("_prompt_tokens").alias("prompt_tokens"),
+                    F.col("_completion_tokens").alias("completion_tokens"), F.col("_latency_ms").alias("latency_ms"),
+                    F.col("_attempts").alias("attempts"), F.col("_error").alias("error"),
+                    F.col("_http_status").alias("http_status"), F.lit(simulated).alias("simulated"),
+                    F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
+            .dropDuplicates(["request_key"]))
+
+
+def failure_rows(ctx: StageContext, staged: DataFrame, ep_name: str) -> DataFrame:
+    """ops.llm_failures rows: why a request is still pending after this run."""
+    return (staged.where(F.col("_status") == "failed")
+            .select("request_key", F.lit(ep_name).alias("endpoint"), F.lit(ctx.stage.name).alias("stage"),
+                    F.col("_error").alias("error"), F.col("_http_status").alias("http_status"),
+                    F.col("_attempts").alias("attempts"), F.lit(ctx.run_id).alias("run_id"),
+                    F.current_timestamp().alias("failed_at"))
+            .dropDuplicates(["request_key"]))
+
+
+def report(staged: DataFrame) -> dict[str, float]:
+    """Calls, reuse, tokens and latency of a chunk, for MLflow and the CLI."""
+    r = staged.groupBy().agg(
+        F.sum(F.col("_fresh").cast("int")).alias("calls"),
+        F.sum((~F.col("_fresh")).cast("int")).alias("reused"),
+        F.sum(F.when(F.col("_fresh"), F.col("_prompt_tokens"))).alias("prompt_tokens"),
+        F.sum(F.when(F.col("_fresh"), F.col("_completion_tokens"))).alias("completion_tokens"),
+        F.sum(F.when(F.col("_fresh"), F.col("_attempts"))).alias("attempts"),
+        F.sum((F.col("_status") == "failed").cast("int")).alias("failed"),
+        F.sum((F.col("_status") == "invalid").cast("int")).alias("invalid"),
+        F.sum(F.when(F.col("_fresh"), F.col("_latency_ms"))).alias("latency_ms_total")).first()
+    return {f"llm.{k}": float(v or 0) for k, v in r.asDict().items()}
