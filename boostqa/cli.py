@@ -265,6 +265,44 @@ def runs(profile: ProfileOpt = None, limit: int = 10):
               title=f"pipeline runs in {s.tracking_uri()} (experiment {s.tracking.experiment!r})")
 
 
+@app.command("llm-sim")
+def llm_sim(port: int = 8000, host: str = "127.0.0.1",
+            latency_ms: Annotated[float, typer.Option(help="median latency")] = 20.0,
+            fault_rate: Annotated[float, typer.Option(help="share of requests given a fault (429/5xx/timeout/"
+                                                             "malformed/truncated)")] = 0.0,
+            max_in_flight: Annotated[int | None, typer.Option(help="429 beyond N requests in flight")] = None,
+            api_key_env: Annotated[str | None, typer.Option(help="env var holding the key clients must send")] = None,
+            seed: int = 0):
+    """Run boostqa's OpenAI-compatible LLM SIMULATOR (deterministic, fake outputs) until Ctrl-C."""
+    import os
+
+    from boostqa.llm.simulator import main_from_args
+
+    main_from_args(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, max_in_flight=max_in_flight,
+                   api_key=os.environ.get(api_key_env) if api_key_env else None, seed=seed)
+
+
+@app.command()
+@_guard
+def plan(stages: Annotated[list[str] | None, typer.Argument(help="LLM stages (default: all LLM stages)")] = None,
+         profile: ProfileOpt = None):
+    """Dry run: render every pending prompt, count tokens, estimate calls, cost and time. Calls nothing."""
+    from boostqa.planning import plan_stages
+
+    settings = _settings(profile)
+    runner = _runner(settings)
+    rows = plan_stages(runner, stages or None)
+    table = Table("stage", "endpoint", "model", "pending rows", "calls (new)", "calls (logged)", "prompt tokens",
+                  "est. completion tokens", "est. cost USD", "est. time", "limited by", title="LLM plan (dry run)")
+    for r in rows:
+        table.add_row(r["stage"], r["endpoint"], r["model"], f"{r['pending']:,}", f"{r['calls']:,}",
+                      f"{r['reused']:,}", f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}",
+                      f"{r['cost_usd']:.2f}", r["time"], r["limited_by"])
+    console.print(table)
+    console.print(f"tokens counted with the {rows[0]['tokenizer'] if rows else 'llama3'} tokenizer; "
+                  "completion tokens from llm.endpoints.*.est_completion_tokens; prices from config")
+
+
 # ---------------------------------------------------------------------------------------------- assets
 @assets_app.command("list")
 def assets_list(profile: ProfileOpt = None):

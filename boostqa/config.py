@@ -169,6 +169,18 @@ class AnnotateConfig(_Model):
     prompt: str = "annotate"
 
 
+class ProbeConfig(_Model):
+    endpoint: str = "probe"  # the model under mid-training, behind an OpenAI-compatible server
+    prompt: str = "probe"
+    checkpoint: str | None = None  # label of the probed checkpoint (default: the endpoint's model)
+    per_cell: int = Field(20, ge=1)  # probe questions per discipline x difficulty cell
+    seed: int = 0
+    floor: float = Field(0.1, ge=0, le=1)  # minimum weight of a cell the model already masters
+    stem_boost: float = Field(1.5, gt=0)  # STEM emphasis (BoostQA synthesises STEM first)
+    difficulty_boost: dict[str, float] = {"H4": 1.5, "H5": 2.0}  # the difficulty booster
+    shrinkage: float = Field(5.0, ge=0)  # pseudo-probes pulling a thin cell towards overall accuracy
+
+
 class Settings(_Model):
     project: str = "boostqa"
     profile: str = "local"
@@ -185,6 +197,7 @@ class Settings(_Model):
     decontam: DecontamConfig = DecontamConfig()
     llm: LLMConfig = LLMConfig()
     annotate: AnnotateConfig = AnnotateConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @field_validator("sources", "benchmarks")
     @classmethod

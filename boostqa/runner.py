@@ -129,7 +129,10 @@ class Runner:
             result.mlflow_run_id = mlflow_run
             inputs = self._pin_inputs(stage, staging, result)
             driving_alias = next(iter(stage.inputs))
-            pending = self._pending(stage, inputs[driving_alias])
+            driving = inputs[driving_alias]
+            if stage.prepare:
+                driving = stage.prepare(ctx, driving)
+            pending = driving if stage.mode == "overwrite" else self._pending(stage, driving)
             buckets, chunks = self._plan_chunks(stage, pending)
             result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
             for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
@@ -204,7 +207,7 @@ class Runner:
         if total == 0:
             return 0, {}
         rows = stage.chunk_rows(self.settings) if callable(stage.chunk_rows) else stage.chunk_rows
-        buckets = 1 if stage.whole else math.ceil(total / (rows or self.settings.runner.chunk_rows))
+        buckets = 1 if stage.whole or stage.mode == "overwrite" else math.ceil(total / (rows or self.settings.runner.chunk_rows))
         if buckets == 1:
             return 1, {None: total}
         rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
@@ -238,7 +241,12 @@ class Runner:
             raise StageError(f"stage {stage.name} produced duplicate keys {key}: {[tuple(r)[:-1] for r in dup]}")
         n_kept = sum(v for (o, _), v in counts.items() if o == "kept")
         n_rej = sum(v for (o, _), v in counts.items() if o == "rejected")
-        if n_kept or not self.lake.exists(stage.output):
+        if stage.mode == "overwrite":
+            if self.lake.exists(stage.output):
+                self.lake.overwrite(kept, stage.output)
+            else:
+                self.lake.append(kept, stage.output)
+        elif n_kept or not self.lake.exists(stage.output):
             self.lake.insert_new(kept, stage.output, key)
         if stage.rejects and (n_rej or not self.lake.exists(stage.rejects)):
             rejected = staged.where(F.col("_outcome") == "rejected").select(  # "_x" is stored as "x"
@@ -248,6 +256,9 @@ class Runner:
             self.lake.insert_new(rejected, stage.rejects, key)
         for d in stage.derived:
             self.lake.insert_new(d.build(ctx, staged), d.table, d.key)
+        if stage.artifacts:
+            for name, text in stage.artifacts(ctx, staged).items():
+                self.tracker.log_text(text, name)
         extra = dict(stage.report(staged)) if stage.report else {}
         extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float)) and k != "llm_simulated"})
         if ctx.extra.get("llm_simulated"):

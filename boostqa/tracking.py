@@ -132,6 +132,10 @@ class Tracker:
         if self.enabled:
             self._mlflow.log_dict(data, artifact)
 
+    def log_text(self, text: str, artifact: str) -> None:
+        if self.enabled:
+            self._mlflow.log_text(text, artifact)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled:
             self._mlflow.set_tags(tags)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from boostqa.stages import annotate, bench, decontam, dedup, ingest
+from boostqa.stages import annotate, bench, decontam, dedup, ingest, probe
 from boostqa.stages.base import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, bench.STAGE, bench.EMBED_STAGE, dedup.STAGE,
-                                                decontam.STAGE, annotate.STAGE)}
+                                                decontam.STAGE, annotate.STAGE,
+                                                probe.STAGE, probe.WEIGHTS_STAGE)}
 
 
 def resolve(names: list[str] | None) -> list[Stage]:

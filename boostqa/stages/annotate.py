@@ -41,12 +41,13 @@ def _choices_text(choices) -> str:
     return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
 
 
-def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
+def requests(ctx: StageContext, seeds: DataFrame) -> DataFrame:
+    """(seed_uid, request_key, messages) for each seed: what would be sent, nothing is called."""
     cfg = ctx.settings.annotate
-    ep = llm.endpoint(ctx, cfg.endpoint)
+    ep = llm.endpoint(ctx, cfg.endpoint, start_simulator=False)
     prompt = load_prompt(cfg.prompt)
     tax = load_taxonomy()
-    labels, tax_text, params = tax.labels, tax.prompt_text(), ep.params()
+    tax_text, params = tax.prompt_text(), ep.params()
 
     def render(batches):
         for pdf in batches:
@@ -57,7 +58,16 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
             yield pd.DataFrame({"seed_uid": pdf["seed_uid"], "request_key": keys, "messages": msgs})
 
     schema = T.StructType([T.StructField(c, T.StringType()) for c in ("seed_uid", "request_key", "messages")])
-    reqs = ctx.checkpoint(seeds.select("seed_uid", "question", "answer", "choices").mapInPandas(render, schema))
+    return seeds.select("seed_uid", "question", "answer", "choices").mapInPandas(render, schema)
+
+
+def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
+    cfg = ctx.settings.annotate
+    ep = llm.endpoint(ctx, cfg.endpoint)
+    prompt = load_prompt(cfg.prompt)
+    tax = load_taxonomy()
+    labels = tax.labels
+    reqs = ctx.checkpoint(requests(ctx, seeds))
     results = llm.call(ctx, reqs, ep, lambda: annotation_model(labels), prompt.id, calls)
 
     def parse(batches):  # the current parser over fresh AND logged responses: a parser fix re-parses for free
@@ -127,4 +137,5 @@ STAGE = Stage(
                       "endpoint": s.llm.endpoints[s.annotate.endpoint].model_dump()
                       if s.annotate.endpoint in s.llm.endpoints else None},
     description="LLM discipline x difficulty (H1-H5) annotation",
+    llm=lambda s: (s.annotate.endpoint, load_prompt(s.annotate.prompt).id, requests),
 )

@@ -54,6 +54,13 @@ class Stage:
     optional_inputs: tuple[str, ...] = ()  # aliases that are None until their table exists
     derived: tuple[Derived, ...] = ()
     report: Callable[[DataFrame], dict[str, float]] | None = None  # extra metrics from a staged chunk
+    # snapshot stages recompute the whole output from their inputs each run and overwrite it
+    # (a new Delta version); e.g. aggregates such as sampling weights
+    mode: str = "insert"  # insert | overwrite
+    prepare: Callable[[Any, DataFrame], DataFrame] | None = None  # (ctx, driving) -> rows to consider
+    artifacts: Callable[[Any, DataFrame], dict[str, str]] | None = None  # (ctx, staged) -> {file: text}
+    # LLM stages: settings -> (endpoint name, prompt id, requests(ctx, driving) -> request_key, messages)
+    llm: Callable[[Settings], tuple[str, str, Callable[..., DataFrame]]] | None = None
     config: Callable[[Settings], Any] | None = None  # the settings section logged with the stage
     description: str = ""
 

@@ -57,7 +57,7 @@ def stop_simulator() -> None:
             _simulator = None
 
 
-def endpoint(ctx: StageContext, name: str) -> Endpoint:
+def endpoint(ctx: StageContext, name: str, start_simulator: bool = True) -> Endpoint:
     eps = ctx.settings.llm.endpoints
     if name not in eps:
         raise StageError(f"stage {ctx.stage.name} uses LLM endpoint {name!r}, not in llm.endpoints ({sorted(eps)})")
@@ -65,7 +65,8 @@ def endpoint(ctx: StageContext, name: str) -> Endpoint:
     simulated = c.base_url == "simulator"
     if simulated:
         ctx.extra["llm_simulated"] = 1
-    return Endpoint(name=name, base_url=simulator_url(ctx) if simulated else c.base_url, model=c.model,
+    url = (simulator_url(ctx) if start_simulator else "simulator") if simulated else c.base_url
+    return Endpoint(name=name, base_url=url, model=c.model,
                     api_key_env=c.api_key_env, max_concurrency=c.max_concurrency, rpm=c.rpm, tpm=c.tpm,
                     timeout=c.timeout, max_retries=c.max_retries, invalid_retries=c.invalid_retries,
                     backoff_base=c.backoff_base, backoff_max=c.backoff_max, breaker_failures=c.breaker_failures,
