@@ -116,6 +116,10 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
     if settings.tracking.enabled:
         console.print(f"MLflow: {settings.tracking_uri()}  experiment {settings.tracking.experiment!r}, "
                       f"pipeline run {run_id}  (boostqa lineage {run_id})")
+    simulated = [r.stage for r in results if r.extra.get("llm_simulated")]
+    if simulated:
+        console.print(f"[bold yellow]SIMULATED LLM: {', '.join(simulated)} got their answers from boostqa's "
+                      "simulator, not a real model (rows are labelled llm_simulated = true)[/]")
     if any(not r.complete for r in results):
         console.print("[yellow]stopped before the end: rerun the same command to finish what is left[/]")
 

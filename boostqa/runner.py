@@ -260,11 +260,9 @@ class Runner:
             for name, text in stage.artifacts(ctx, staged).items():
                 self.tracker.log_text(text, name)
         extra = dict(stage.report(staged)) if stage.report else {}
-        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float)) and k != "llm_simulated"})
-        if ctx.extra.get("llm_simulated"):
-            result.extra["llm_simulated"] = 1
-        for k, v in extra.items():
-            result.extra[k] = result.extra.get(k, 0) + v
+        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float))})
+        for k, v in extra.items():  # counters add up over chunks; the simulated flag is a flag
+            result.extra[k] = 1 if k == "llm_simulated" else result.extra.get(k, 0) + v
         ctx.extra.clear()
         result.kept += n_kept
         result.rejected += n_rej

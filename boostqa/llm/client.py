@@ -88,6 +88,7 @@ class CallResult:
     attempts: int = 0
     error: str | None = None
     http_status: int | None = None
+    simulated: bool = False  # the server identified itself as boostqa's simulator
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -106,16 +107,18 @@ class TokenBucket:
         self.lock = asyncio.Lock()
 
     async def take(self, amount: float = 1.0) -> None:
-        amount = min(amount, self.capacity)  # a request larger than a burst waits for a full bucket
+        # a request larger than a burst waits for a full bucket, then pays in full (the level goes
+        # negative), so the next one waits the debt off and the long-run rate stays within the limit
+        need = min(amount, self.capacity)
         async with self.lock:
             while True:
                 now = time.monotonic()
                 self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
                 self.stamp = now
-                if self.level >= amount:
+                if self.level >= need:
                     self.level -= amount
                     return
-                await asyncio.sleep((amount - self.level) / self.rate)
+                await asyncio.sleep((need - self.level) / self.rate)
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -248,6 +251,7 @@ class AsyncLLM:
             choice = resp.choices[0]
             msg = choice.message
             res.raw, res.finish_reason, res.http_status = msg.content, choice.finish_reason, 200
+            res.simulated = res.simulated or getattr(resp, "system_fingerprint", None) == "boostqa-simulator"
             extra = getattr(msg, "model_extra", None) or {}
             res.reasoning = extra.get("reasoning_content") or getattr(msg, "reasoning_content", None)
             if resp.usage:

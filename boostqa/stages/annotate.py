@@ -101,7 +101,7 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
         discipline[0].alias("discipline"), discipline[1].alias("subfield"),
         stem[discipline[0]].alias("is_stem"), "difficulty", "rationale",
         F.lit(ep.model).alias("annotator_model"), F.lit(prompt.id).alias("prompt_version"), "request_key",
-        F.lit(ep.simulated).alias("llm_simulated"), F.lit(ctx.run_id).alias("run_id"),
+        (F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"), F.lit(ctx.run_id).alias("run_id"),
         F.when(F.col("_status") == "ok", "kept").when(F.col("_status") == "invalid", "rejected")
         .otherwise("deferred").alias("_outcome"),
         F.when(F.col("_status") == "invalid", "invalid_output").alias("_reason"),

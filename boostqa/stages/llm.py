@@ -26,7 +26,7 @@ from boostqa.stages.base import StageContext, StageError
 RESULT_FIELDS = [("request_key", T.StringType()), ("status", T.StringType()), ("raw", T.StringType()),
                  ("reasoning", T.StringType()), ("finish_reason", T.StringType()), ("prompt_tokens", T.LongType()),
                  ("completion_tokens", T.LongType()), ("latency_ms", T.DoubleType()), ("attempts", T.LongType()),
-                 ("error", T.StringType()), ("http_status", T.LongType())]
+                 ("error", T.StringType()), ("http_status", T.LongType()), ("simulated", T.BooleanType())]
 RESULT_SCHEMA = T.StructType([T.StructField(n, t) for n, t in RESULT_FIELDS])
 RESULT_COLUMNS = [n for n, _ in RESULT_FIELDS]
 
@@ -118,7 +118,8 @@ def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, model: str, pro
                     F.col("_finish_reason").alias("finish_reason"), F.col("_prompt_tokens").alias("prompt_tokens"),
                     F.col("_completion_tokens").alias("completion_tokens"), F.col("_latency_ms").alias("latency_ms"),
                     F.col("_attempts").alias("attempts"), F.col("_error").alias("error"),
-                    F.col("_http_status").alias("http_status"), F.lit(simulated).alias("simulated"),
+                    F.col("_http_status").alias("http_status"),
+                    (F.lit(simulated) | F.coalesce("_simulated", F.lit(False))).alias("simulated"),
                     F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
             .dropDuplicates(["request_key"]))
 
@@ -143,5 +144,9 @@ def report(staged: DataFrame) -> dict[str, float]:
         F.sum(F.when(F.col("_fresh"), F.col("_attempts"))).alias("attempts"),
         F.sum((F.col("_status") == "failed").cast("int")).alias("failed"),
         F.sum((F.col("_status") == "invalid").cast("int")).alias("invalid"),
-        F.sum(F.when(F.col("_fresh"), F.col("_latency_ms"))).alias("latency_ms_total")).first()
-    return {f"llm.{k}": float(v or 0) for k, v in r.asDict().items()}
+        F.sum(F.when(F.col("_fresh"), F.col("_latency_ms"))).alias("latency_ms_total"),
+        F.sum(F.coalesce(F.col("_simulated"), F.lit(False)).cast("int")).alias("simulated_rows")).first()
+    out = {f"llm.{k}": float(v or 0) for k, v in r.asDict().items()}
+    if out["llm.simulated_rows"]:
+        out["llm_simulated"] = 1.0  # answers came from boostqa's simulator (wherever it was started)
+    return out

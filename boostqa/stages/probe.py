@@ -135,7 +135,7 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
     return out.select(
         "checkpoint", "seed_uid", "discipline", "subfield", "is_stem", "difficulty", "kind", "gold", "predicted",
         F.coalesce("correct", F.lit(False)).alias("correct"), F.lit(ep.model).alias("probe_model"),
-        F.lit(prompt.id).alias("prompt_version"), "request_key", F.lit(ep.simulated).alias("llm_simulated"),
+        F.lit(prompt.id).alias("prompt_version"), "request_key", (F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"),
         F.lit(ctx.run_id).alias("run_id"),
         F.when(F.col("_status") == "failed", "deferred").otherwise("kept").alias("_outcome"),
         F.lit(None).cast("string").alias("_reason"),
