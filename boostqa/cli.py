@@ -106,6 +106,9 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
     for col in ("stage", "pending", "kept", "rejected", "deferred", "chunks", "seconds", "rejected by reason"):
         table.add_column(col, justify="left" if col in ("stage", "rejected by reason") else "right")
     for r in results:
+        if r.skipped:
+            table.add_row(r.stage, "-", "-", "-", "-", "-", "-", f"skipped: {r.skipped}")
+            continue
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(r.rejected_by_reason.items()))
         table.add_row(r.stage, str(r.pending), str(r.kept), str(r.rejected), str(r.deferred),
                       f"{r.chunks_done}/{r.chunks_total}", f"{r.seconds:.1f}", reasons)
@@ -130,6 +133,8 @@ def list_stages():
     from boostqa.stages import STAGES
 
     table = Table("stage", "inputs", "output", "rejects", "key", "what")
+    for col in table.columns[:5]:
+        col.no_wrap = True
     for s in STAGES.values():
         table.add_row(s.name, ", ".join(s.inputs.values()), s.output, s.rejects or "", ",".join(s.key), s.description)
     console.print(table)

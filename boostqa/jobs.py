@@ -55,8 +55,12 @@ def main(stage: str | None = None, argv: list[str] | None = None) -> int:
               f"rejected {p.rejected} deferred {p.deferred} elapsed {p.elapsed:.0f}s"
               + (f" eta {p.eta:.0f}s" if p.eta is not None else ""), flush=True)
 
-    run_id, results = Runner(settings, progress=report).run(names or None, args.run_id, args.max_chunks)
+    run_id, results = Runner(settings, progress=report).run(names or None, args.run_id, args.max_chunks,
+                                                             skip_missing=True)
     for r in results:
+        if r.skipped:
+            print(f"[{r.stage}] skipped: {r.skipped}", flush=True)
+            continue
         print(f"[{r.stage}] pending {r.pending} kept {r.kept} rejected {r.rejected} deferred {r.deferred} "
               f"chunks {r.chunks_done}/{r.chunks_total} rejected_by_reason {r.rejected_by_reason}", flush=True)
     incomplete = [r.stage for r in results if not r.complete]

@@ -71,6 +71,7 @@ class StageResult:
     outputs: list[TableRef] = field(default_factory=list)
     mlflow_run_id: str | None = None
     extra: dict[str, float] = field(default_factory=dict)  # stage-specific metrics (Stage.report)
+    skipped: str | None = None  # why a pipeline run did not run this stage
 
     @property
     def complete(self) -> bool:
@@ -103,14 +104,24 @@ class Runner:
 
     # ------------------------------------------------------------------ pipeline
     def run(self, stage_names: list[str] | None = None, run_id: str | None = None,
-            max_chunks: int | None = None) -> tuple[str, list[StageResult]]:
-        """Run stages in pipeline order under one MLflow parent run; returns (run_id, results)."""
+            max_chunks: int | None = None, skip_missing: bool | None = None) -> tuple[str, list[StageResult]]:
+        """Run stages in pipeline order under one MLflow parent run; returns (run_id, results).
+
+        A stage whose input table does not exist is skipped with the reason (whole-pipeline runs
+        and scheduled jobs, where an upstream stage may legitimately produce nothing) or is an
+        error (``skip_missing=False``, the default when stages are named explicitly)."""
+        skip_missing = not stage_names if skip_missing is None else skip_missing
         stages = [s for s in resolve(stage_names) if s.enabled is None or s.enabled(self.settings)]
         run_id = run_id or new_run_id()
         results = []
         with self.tracker.pipeline(run_id, {"boostqa.profile": self.settings.profile}):
             self.tracker.log_dict(self.settings.redacted(), "settings.json")
             for stage in stages:
+                missing = self._missing_inputs(stage)
+                if missing and skip_missing:  # say why, and go on
+                    results.append(StageResult(stage.name, skipped=f"no input table {', '.join(missing)} "
+                                                                    "(nothing upstream produced it)"))
+                    continue
                 result = self.run_stage(stage, run_id, max_chunks)
                 results.append(result)
                 if not result.complete:
@@ -161,6 +172,10 @@ class Runner:
             self.tracker.set_tags(tags)
         _remove(staging)
         return result
+
+    def _missing_inputs(self, stage: Stage) -> list[str]:
+        return [t for a, t in stage.inputs.items()
+                if not t.startswith("files:") and a not in stage.optional_inputs and not self.lake.exists(t)]
 
     def _ref(self, name: str, version: int | None = None) -> TableRef:
         version = self.lake.version(name) if version is None else version

@@ -212,8 +212,7 @@ def test_parser_per_stage():
 # ---------------------------------------------------------------------------------------------- end to end
 def test_ingest_job_end_to_end(tmp_path):
     conf, data = tmp_path / "conf", tmp_path / "data"
-    conf.mkdir()
-    shutil.copy(REPO / "conf" / "base.yaml", conf / "base.yaml")
+    shutil.copytree(REPO / "conf", conf)
     write_jsonl(data / "a.jsonl", [{"id": "a1", "question": "2+2?", "answer": "4"},
                                    {"id": "a2", "question": "3+3?", "answer": "6"},
                                    "{not json",

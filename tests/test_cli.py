@@ -42,12 +42,13 @@ REJECTED = {"unparseable": 1, "empty_question": 2}
 def make_conf(root: Path) -> Path:
     """<root>/conf with base.yaml, profile t (sources alpha + beta) and profile missing (one absent file)."""
     conf, data = root / "conf", root / "data"
-    conf.mkdir(parents=True)
-    shutil.copy(REPO / "conf" / "base.yaml", conf / "base.yaml")
+    shutil.copytree(REPO / "conf", conf)  # base.yaml, prompts, taxonomy
     write_jsonl(data / "a.jsonl", ALPHA)
     write_jsonl(data / "b.jsonl", BETA)
     fields = "{id: id, question: question, answer: answer}"
     (conf / f"{PROFILE}.yaml").write_text(
+        "benchmarks: []\n"  # the CLI is under test here: the stages after ingest find nothing to do
+        "decontam: {embedding: {enabled: false}}\n"
         "sources:\n"
         f"  - {{name: alpha, path: '{data / 'a.jsonl'}', fields: {fields}}}\n"
         f"  - {{name: beta, path: '{data / 'b.jsonl'}', fields: {fields}}}\n")
@@ -250,9 +251,14 @@ def test_lineage_of_the_run(built):
     got = parse_csv(r.stdout)
     assert {(x["stage"], x["context"], x["table"]) for x in got} == {
         ("ingest", "input", "alpha/a.jsonl"), ("ingest", "input", "beta/b.jsonl"),
-        ("ingest", "output", "bronze.seeds"), ("ingest", "rejects", "quarantine.seeds")}
+        ("ingest", "output", "bronze.seeds"), ("ingest", "rejects", "quarantine.seeds"),
+        # the whole pipeline ran: dedup read the bronze version ingest wrote; later stages had no input
+        ("dedup", "input", "bronze.seeds"), ("dedup", "output", "silver.seeds"),
+        ("dedup", "rejects", "quarantine.duplicates")}
     assert all(x["status"] == "FINISHED" for x in got)
-    tables = {x["table"]: x for x in got if x["context"] != "input"}
+    versions = {(x["stage"], x["table"]): x["version"] for x in got}
+    assert versions[("dedup", "bronze.seeds")] == versions[("ingest", "bronze.seeds")]
+    tables = {x["table"]: x for x in got if x["context"] != "input" and x["stage"] == "ingest"}
     lake = built["lake"].resolve()
     assert tables["bronze.seeds"]["location"] == str(lake / "bronze" / "seeds")
     assert tables["quarantine.seeds"]["location"] == str(lake / "quarantine" / "seeds")
