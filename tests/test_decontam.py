@@ -136,3 +136,19 @@ def test_benchmark_mapping_resolves_answer_labels(spark, make_settings, bench_fi
     assert row.question == m["question"].strip()
     assert row.answer == m["answer_" + m["correct_answer"].lower()].strip()
     assert list(row.choices) == [m[f"answer_{c}"].strip() for c in "abcd"]
+
+
+def test_low_information_ngrams_are_ignored(spark, make_settings, tmp_path):
+    """A run of ones in a benchmark item must not flag every seed that contains one."""
+    (tmp_path / "m.jsonl").write_text(json.dumps({"question": "What is the rank of the matrix "
+                                                  "[[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]?", "answer": "1"}) + "\n")
+    write_jsonl(tmp_path / "s.jsonl", [{"id": "s", "question": "Define the sequence 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 "
+                                                                "and find its limit.", "answer": "1"}])
+    src = {"name": "s", "path": str(tmp_path / "s.jsonl"), "fields": {"id": "id"}}
+    bench = [{"name": "m", "path": str(tmp_path / "m.jsonl")}]
+    for min_distinct, flagged in ((4, 0), (1, 1)):
+        settings = make_settings(sources=[src], benchmarks=bench, lake={"root": str(tmp_path / f"l{min_distinct}")},
+                                 decontam={"embedding": {"enabled": False}, "min_distinct_words": min_distinct})
+        runner = Runner(settings, spark=spark)
+        runner.run(["ingest", "bench", "dedup", "decontam"])
+        assert runner.lake.read("quarantine.contaminated").count() == flagged

@@ -406,3 +406,14 @@ def test_signature_throughput(capsys):
               f"normalize+split {n / (t1 - t0):,.0f} docs/s, 5-gram hashes {n / (t2 - t1):,.0f} docs/s, "
               f"signatures {n / (t3 - t2):,.0f} docs/s, bands {n / (t4 - t3):,.0f} docs/s, "
               f"end-to-end {n / (t4 - t0):,.0f} docs/s")
+
+
+def test_ngram_distinct_words_aligns_with_hashes():
+    from boostqa.text.ngrams import ngram_distinct_words, ngram_hashes
+
+    w = pa.array([["1"] * 12, ["a", "b", "c"], [], None, list("abcdefghijkl"), ["x", "y", "x", "y"]],
+                 pa.list_(pa.string()))
+    d = ngram_distinct_words(w, 10).to_pylist()
+    assert d == [[1, 1, 1], [3], [], None, [10, 10, 10], [2]]
+    assert [len(x) if x is not None else None for x in d] == \
+        [len(x) if x is not None else None for x in ngram_hashes(w, 10).to_pylist()]

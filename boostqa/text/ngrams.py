@@ -101,6 +101,17 @@ def ngram_count(n_words: np.ndarray | int, n: int) -> np.ndarray | int:
     return out if out.ndim else int(out)
 
 
+def _layout(words: pa.Array | pa.ChunkedArray, n: int):
+    """Word hashes and the n-gram layout per document: (word offsets, word hashes, words per doc,
+    n-grams per doc, n-gram offsets, null mask)."""
+    offs, flat, mask = list_parts(words)
+    lens = np.diff(offs)
+    cnt = ngram_count(lens, n)
+    out_offs = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=out_offs[1:])
+    return offs, word_hashes(flat), lens, cnt, out_offs, mask
+
+
 def ngram_hashes(words: pa.Array | pa.ChunkedArray, n: int) -> pa.ListArray:
     """list<int64> of word n-gram hashes per document, in position order (duplicates kept, so
     element i is the n-gram starting at word i: see :func:`ngram_text`).
@@ -110,12 +121,7 @@ def ngram_hashes(words: pa.Array | pa.ChunkedArray, n: int) -> pa.ListArray:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    offs, flat, mask = list_parts(words)
-    wh = word_hashes(flat)
-    lens = np.diff(offs)
-    cnt = ngram_count(lens, n)
-    out_offs = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(cnt, out=out_offs[1:])
+    offs, wh, lens, cnt, out_offs, mask = _layout(words, n)
     out = np.empty(int(out_offs[-1]), dtype=np.uint64)
 
     full = lens >= n  # documents with at least one complete n-gram
@@ -169,12 +175,7 @@ def ngram_distinct_words(words: pa.Array | pa.ChunkedArray, n: int) -> pa.ListAr
     decontamination drops them by this count. Vectorised: each window's word hashes are sorted
     along the window axis and the value changes counted.
     """
-    offs, flat, mask = list_parts(words)
-    wh = word_hashes(flat)
-    lens = np.diff(offs)
-    cnt = ngram_count(lens, n)
-    out_offs = np.zeros(len(lens) + 1, dtype=np.int64)
-    np.cumsum(cnt, out=out_offs[1:])
+    offs, wh, lens, cnt, out_offs, mask = _layout(words, n)
     starts = np.repeat(offs[:-1], cnt) + (np.arange(int(out_offs[-1]), dtype=np.int64)
                                           - np.repeat(out_offs[:-1], cnt))
     width = np.repeat(np.minimum(lens, n), cnt)  # short docs: one window of all their words
