@@ -133,8 +133,8 @@ def list_stages():
     from boostqa.stages import STAGES
 
     table = Table("stage", "inputs", "output", "rejects", "key", "what")
-    for col in table.columns[:5]:
-        col.no_wrap = True
+    for i in (0, 2, 3, 4):  # names stay whole; inputs and descriptions wrap
+        table.columns[i].no_wrap = True
     for s in STAGES.values():
         table.add_row(s.name, ", ".join(s.inputs.values()), s.output, s.rejects or "", ",".join(s.key), s.description)
     console.print(table)
@@ -259,6 +259,29 @@ def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help
                             f"substr(question, 1, 80) as question from quarantine.contaminated "
                             f"order by benchmark limit {examples}").toPandas(), "table",
                   title="decontamination: examples")
+
+
+@app.command()
+@_guard
+def report(profile: ProfileOpt = None):
+    """Synthesis report: degradation matrix, booster effect, refinement, rejections, calls and tokens."""
+    from boostqa.reports import synthesis_report
+
+    rep = synthesis_report(_runner(_settings(profile)).lake)
+    _print_df(rep["degradation_matrix"], "table", title="degradation: requested level x re-annotated level")
+    b = rep["booster"]
+    if b:
+        console.print(f"H4/H5 share of accepted QA: {b['h4_h5_share_with_booster']:.1%} with the booster, "
+                      f"{b['h4_h5_share_without_booster']:.1%} multigrade only -> x{b['booster_ratio']} "
+                      "(the paper reports 1.96x)")
+    r = rep["refinement"]
+    if r:
+        console.print(f"refinement: {r['refined']} refined, unsolvable {r['unsolvable_%']}%, inconsistent "
+                      f"{r['inconsistent_%']}% of judged (consistent {r['consistent']}, inconsistent "
+                      f"{r['inconsistent']}, undecided {r['undecided']}; the paper reports 16.18% inconsistent)")
+    _print_df(rep["rejections"], "table", title="rejections by stage and reason")
+    _print_df(rep["usage"], "table", title="LLM calls and tokens (ops.llm_calls)")
+    _print_df(rep["gold_by_mode"], "table", title="gold.boostqa by mode and role")
 
 
 @app.command()

@@ -181,6 +181,41 @@ class ProbeConfig(_Model):
     shrinkage: float = Field(5.0, ge=0)  # pseudo-probes pulling a thin cell towards overall accuracy
 
 
+class BoosterConfig(_Model):
+    enabled: bool = True
+    min_seed_difficulty: int = Field(4, ge=1, le=5)  # H4/H5 seeds feed the booster
+    weight_multiplier: dict[str, float] = {"H4": 2.0, "H5": 3.0}  # extra sampling weight of hard seeds
+    target_bump: int = Field(1, ge=0, le=4)  # target difficulty = min(5, seed level + bump)
+    tolerance: int = Field(0, ge=0, le=4)  # accepted when re-annotated level >= target - tolerance
+    samples: int = Field(1, ge=1)
+    retry_degraded: bool = True  # one more try with a stronger instruction before rejecting
+
+
+class SynthesisConfig(_Model):
+    endpoint: str = "generator"
+    budget_qa: int = Field(1000, ge=0)  # synthesis tasks planned in total (a later run adds up to it)
+    seed: int = 0  # sampling seed: same seed + same inputs = same plan
+    roles: dict[str, int] = {"high_school_teacher": 2, "college_instructor": 3, "graduate_professor": 4}
+    samples_per_role: int = Field(1, ge=1)
+    multigrade_non_stem: bool = False  # BoostQA runs multi-grade synthesis on STEM seeds only
+    booster: BoosterConfig = BoosterConfig()
+    prompts: dict[str, str] = {"multigrade": "synth_multigrade", "booster": "synth_booster"}
+    reannotate_endpoint: str = "annotator"
+
+
+class RefineConfig(_Model):
+    endpoint: str = "refiner"
+    prompt: str = "refine"
+
+
+class GateConfig(_Model):
+    min_question_chars: int = Field(20, ge=1)
+    max_question_chars: int = Field(6000, ge=1)
+    min_answer_chars: int = Field(1, ge=1)
+    max_answer_chars: int = Field(12000, ge=1)
+    keep_inconsistent: bool = True  # the refined answer is kept; the flag stays for filtering
+
+
 class Settings(_Model):
     project: str = "boostqa"
     profile: str = "local"
@@ -198,6 +233,9 @@ class Settings(_Model):
     llm: LLMConfig = LLMConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     probe: ProbeConfig = ProbeConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    refine: RefineConfig = RefineConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("sources", "benchmarks")
     @classmethod

@@ -34,9 +34,14 @@ def plan_stages(runner, names: list[str] | None = None, tokenizer: str = "llama3
             row["limited_by"] = f"input {driving_table} not built yet"
             out.append(row)
             continue
-        pending = runner._pending(stage, runner.lake.read(driving_table))
         ctx = StageContext(runner.spark, runner.settings, "plan", stage)
-        reqs = render(ctx, pending).dropDuplicates(["request_key"])
+        driving = runner.lake.read(driving_table)
+        if stage.prepare:
+            driving = stage.prepare(ctx, driving)
+        pending = runner._pending(stage, driving)
+        others = {a: runner.lake.read(t) for a, t in stage.inputs.items()
+                  if a != driving_alias and not t.startswith("files:") and runner.lake.exists(t)}
+        reqs = render(ctx, pending, **others).dropDuplicates(["request_key"])
         if runner.lake.exists("ops.llm_calls"):
             logged = runner.lake.read("ops.llm_calls").where(F.col("prompt_id") == prompt_id).select("request_key")
             row["reused"] = reqs.join(logged, "request_key", "left_semi").count()

@@ -126,6 +126,10 @@ class Runner:
                 results.append(result)
                 if not result.complete:
                     break  # later stages would read a half-done table
+            if any(r.stage == "gate" and not r.skipped for r in results):
+                from boostqa.reports import as_jsonable, synthesis_report
+
+                self.tracker.log_dict(as_jsonable(synthesis_report(self.lake)), "synthesis_report.json")
         return run_id, results
 
     # ------------------------------------------------------------------ one stage

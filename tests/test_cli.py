@@ -288,8 +288,10 @@ def test_error_messages_keep_their_quotes(built):
     assert r.stderr.strip().endswith("in experiment 'boostqa'")
 
 
-def test_stages_lists_every_stage():
+def test_stages_lists_every_stage(monkeypatch):
     from boostqa.stages import STAGES
+
+    monkeypatch.setattr(cli, "console", Console(width=220, color_system=None))
 
     r = invoke("stages")
     assert r.exit_code == 0, r.output

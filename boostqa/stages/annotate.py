@@ -41,47 +41,52 @@ def _choices_text(choices) -> str:
     return "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
 
 
-def requests(ctx: StageContext, seeds: DataFrame) -> DataFrame:
-    """(seed_uid, request_key, messages) for each seed: what would be sent, nothing is called."""
+def requests(ctx: StageContext, rows: DataFrame, key: str = "seed_uid", endpoint_name: str | None = None,
+             **_: DataFrame) -> DataFrame:
+    """(key, request_key, messages) for each row: what would be sent, nothing is called."""
     cfg = ctx.settings.annotate
-    ep = llm.endpoint(ctx, cfg.endpoint, start_simulator=False)
+    ep = llm.endpoint(ctx, endpoint_name or cfg.endpoint, start_simulator=False)
     prompt = load_prompt(cfg.prompt)
     tax = load_taxonomy()
     tax_text, params = tax.prompt_text(), ep.params()
 
     def render(batches):
         for pdf in batches:
+            choices = pdf["choices"] if "choices" in pdf else [None] * len(pdf)
             msgs = [json.dumps(prompt.render(taxonomy=tax_text, question=q, answer=a or "(none)",
                                              choices=_choices_text(c)), ensure_ascii=False)
-                    for q, a, c in zip(pdf["question"], pdf["answer"], pdf["choices"])]
+                    for q, a, c in zip(pdf["question"], pdf["answer"], choices)]
             keys = [request_key(ep.model, prompt, json.loads(m), params) for m in msgs]
-            yield pd.DataFrame({"seed_uid": pdf["seed_uid"], "request_key": keys, "messages": msgs})
+            yield pd.DataFrame({key: pdf[key], "request_key": keys, "messages": msgs})
 
-    schema = T.StructType([T.StructField(c, T.StringType()) for c in ("seed_uid", "request_key", "messages")])
-    return seeds.select("seed_uid", "question", "answer", "choices").mapInPandas(render, schema)
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in (key, "request_key", "messages")])
+    cols = [key, "question", "answer"] + (["choices"] if "choices" in rows.columns else [])
+    return rows.select(*cols).mapInPandas(render, schema)
 
 
-def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
-    cfg = ctx.settings.annotate
-    ep = llm.endpoint(ctx, cfg.endpoint)
-    prompt = load_prompt(cfg.prompt)
-    tax = load_taxonomy()
-    labels = tax.labels
-    reqs = ctx.checkpoint(requests(ctx, seeds))
+def annotations(ctx: StageContext, rows: DataFrame, calls: DataFrame | None, key: str = "seed_uid",
+                endpoint_name: str | None = None) -> DataFrame:
+    """Annotate any rows (key, question, answer[, choices]): key, request_key, messages, the call
+    result columns, discipline ("d/s"), difficulty 1..5, rationale, parse_error and _status
+    (ok | invalid | failed). Shared by seed annotation and the re-annotation of synthesised QA."""
+    ep = llm.endpoint(ctx, endpoint_name or ctx.settings.annotate.endpoint)
+    prompt = load_prompt(ctx.settings.annotate.prompt)
+    labels = load_taxonomy().labels
+    reqs = ctx.checkpoint(requests(ctx, rows, key, endpoint_name))
     results = llm.call(ctx, reqs, ep, lambda: annotation_model(labels), prompt.id, calls)
 
     def parse(batches):  # the current parser over fresh AND logged responses: a parser fix re-parses for free
         model = annotation_model(labels)
         for pdf in batches:
             out = {"request_key": [], "discipline": [], "difficulty": [], "rationale": [], "parse_error": []}
-            for key, raw in zip(pdf["request_key"], pdf["raw"]):
+            for rk, raw in zip(pdf["request_key"], pdf["raw"]):
                 try:
                     p = parse_output(raw, model)
                     vals = (p["discipline"], int(p["difficulty"][1]), p["rationale"], None)
                 except ValueError as e:
                     vals = (None, None, None, str(e))
                 for k, v in zip(("request_key", "discipline", "difficulty", "rationale", "parse_error"),
-                                (key, *vals)):
+                                (rk, *vals)):
                     out[k].append(v)
             yield pd.DataFrame(out)
 
@@ -89,11 +94,25 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
                             T.StructField("difficulty", T.IntegerType()), T.StructField("rationale", T.StringType()),
                             T.StructField("parse_error", T.StringType())])
     parsed = results.where(F.col("status") != "failed").select("request_key", "raw").mapInPandas(parse, pschema)
-    stem = F.create_map(*[x for d, v in tax.stem.items() for x in (F.lit(d), F.lit(v))])
     r = results.join(parsed, "request_key", "left")
     status = F.when(F.col("status") == "failed", "failed") \
         .when(F.col("parse_error").isNull() & F.col("discipline").isNotNull(), "ok").otherwise("invalid")
-    out = seeds.join(reqs, "seed_uid").join(r, "request_key").withColumn("_status", status)
+    return reqs.join(r, "request_key").withColumn("_status", status) \
+        .withColumn("llm_simulated", F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False)))
+
+
+def call_columns() -> list:
+    """The call bookkeeping every LLM stage stages next to its rows (for ops.llm_calls and reports)."""
+    return ["_status", F.col("_fresh"), F.col("messages").alias("_messages"),
+            *[F.col(c).alias(f"_{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")]]
+
+
+def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
+    ep = llm.endpoint(ctx, ctx.settings.annotate.endpoint)
+    prompt = load_prompt(ctx.settings.annotate.prompt)
+    tax = load_taxonomy()
+    stem = F.create_map(*[x for d, v in tax.stem.items() for x in (F.lit(d), F.lit(v))])
+    out = seeds.join(annotations(ctx, seeds, calls), "seed_uid")
     discipline = F.split("discipline", "/")
     return out.select(
         "seed_uid", "seed_id", "source", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
@@ -101,13 +120,12 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
         discipline[0].alias("discipline"), discipline[1].alias("subfield"),
         stem[discipline[0]].alias("is_stem"), "difficulty", "rationale",
         F.lit(ep.model).alias("annotator_model"), F.lit(prompt.id).alias("prompt_version"), "request_key",
-        (F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"), F.lit(ctx.run_id).alias("run_id"),
+        "llm_simulated", F.lit(ctx.run_id).alias("run_id"),
         F.when(F.col("_status") == "ok", "kept").when(F.col("_status") == "invalid", "rejected")
         .otherwise("deferred").alias("_outcome"),
         F.when(F.col("_status") == "invalid", "invalid_output").alias("_reason"),
         F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error")).alias("_detail"),
-        "_status", F.col("_fresh"), F.col("messages").alias("_messages"),
-        *[F.col(c).alias(f"_{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")])
+        *call_columns())
 
 
 def _log(ctx: StageContext, staged: DataFrame) -> DataFrame:

@@ -107,12 +107,14 @@ def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[
     return ctx.checkpoint(results)
 
 
-def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, model: str, prompt_id: str,
+def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, model: str, prompt_id,
              simulated: bool) -> DataFrame:
-    """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text)."""
+    """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text).
+    ``prompt_id`` is a string or a Column (stages with one prompt per mode)."""
+    pid = prompt_id if not isinstance(prompt_id, str) else F.lit(prompt_id)
     return (staged.where(F.col("_fresh") & F.col("_status").isin("ok", "invalid"))
             .select(F.col("request_key"), F.lit(ep_name).alias("endpoint"), F.lit(model).alias("model"),
-                    F.lit(prompt_id).alias("prompt_id"), F.lit(ctx.stage.name).alias("stage"),
+                    pid.alias("prompt_id"), F.lit(ctx.stage.name).alias("stage"),
                     F.col("_messages").alias("messages"), F.col("_status").alias("status"),
                     F.col("_raw").alias("raw"), F.col("_reasoning").alias("reasoning"),
                     F.col("_finish_reason").alias("finish_reason"), F.col("_prompt_tokens").alias("prompt_tokens"),

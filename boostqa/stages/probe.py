@@ -92,7 +92,7 @@ def prepare(ctx: StageContext, seeds: DataFrame) -> DataFrame:
             .withColumn("checkpoint", F.lit(checkpoint(ctx))))
 
 
-def requests(ctx: StageContext, rows: DataFrame) -> DataFrame:
+def requests(ctx: StageContext, rows: DataFrame, **_: DataFrame) -> DataFrame:
     p = ctx.settings.probe
     ep = llm.endpoint(ctx, p.endpoint, start_simulator=False)
     prompt, params = load_prompt(p.prompt), ep.params()
