@@ -30,6 +30,8 @@ demo: assets
 	$(BQ) audit $(DEMO)
 	$(BQ) sql $(DEMO) "select discipline, sum(case when difficulty <= 2 then 1 else 0 end) as h1_h2, sum(case when difficulty = 3 then 1 else 0 end) as h3, sum(case when difficulty >= 4 then 1 else 0 end) as h4_h5, first(llm_simulated) as simulated from silver.seeds_annotated group by discipline order by discipline"
 	$(BQ) sql $(DEMO) "select discipline, difficulty, probes, correct, round(accuracy, 2) as accuracy, round(weight, 2) as weight, round(share, 3) as share from gold.sampling_weights order by share desc limit 10"
+	$(BQ) report $(DEMO)
+	$(BQ) sql $(DEMO) "select mode, grade_role, difficulty, n_tokens, substr(question, 1, 70) as question, llm_simulated from gold.boostqa order by qa_id limit 5"
 	$(BQ) runs $(DEMO) --limit 3
 
 test: assets

@@ -233,7 +233,6 @@ def test_faults_with_retries_nearly_all_ok():
     assert 200 < stats["requests"] <= sum(r.attempts for r in results)
     assert stats["retries_seen"] == stats["requests"] - 200
     assert stats["faults_total"] > 40
-    assert wall < 15
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +333,15 @@ def test_retry_after_ms_is_preferred_over_rounded_retry_after():
     for r in results:
         assert (r.status, r.attempts) == ("ok", 3)
         assert r.latency_ms >= 2 * 300 * 0.95
-    assert wall < 1.9  # two 1-second waits would take 2 s
+    # which header wins is decided without a clock: the delay the client computes from the headers
+    from types import SimpleNamespace
+
+    from boostqa.llm.client import _retry_after
+
+    both = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": "1", "retry-after-ms": "300"}))
+    assert _retry_after(both) == 0.3
+    assert _retry_after(SimpleNamespace(response=SimpleNamespace(headers={"retry-after": "2"}))) == 2.0
+    assert _retry_after(SimpleNamespace(response=None)) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -456,7 +463,6 @@ def test_sliding_window_keeps_exactly_max_concurrency_in_flight():
     assert stats["max_in_flight_seen"] == k
     lat = [r.latency_ms / 1000 for r in results]
     mean = sum(lat) / n
-    assert wall < (n / k) * mean * 1.6
     # waves of k would take the sum of each wave's slowest request
     waves = sum(max(lat[i:i + k]) for i in range(0, n, k))
     assert wall < waves

@@ -17,11 +17,13 @@ expression wins:
   "the correct option is ...", "答案是 / 答案为 / 答案：...", "故选 C"; the cue's tail runs to the
   end of the sentence (or the next line when the cue ends its line).
 
-Without such a candidate: a cue whose tail is prose ("The answer is Paris.") counts as ``text``
-when it sits on the last line; a whole answer of one short line is classified as a whole
-("42", "(C)", "C. Paris", "x = 4", "12 m/s", "Paris"); otherwise the last line is used only if
-it ends in "= <number>" ("... = 12 m/s.") or is a bare number/option letter. Anything else ->
-``None``.
+A prose tail that ends on "is/equals/gives <number or letter>" ("Answer: the total is 12.")
+yields that value. Otherwise prose counts as a ``text`` answer only inside ``\\boxed{}`` or after
+a cue on the text's last line ("The answer is Paris."). Without any candidate, a one-line answer
+is classified as a whole ("42", "(C)", "C. Paris", "x = 4", "12 m/s", "Paris"); otherwise the
+last sentence counts only if it ends in "= <number>" ("... = 12 m/s."), "is <number/letter>"
+("So the probability is 0.5.") or is a bare number/option line. Anything else -> ``None``:
+an answer mentioning several numbers without marking one is left to the judge.
 
 Classification of a span: an option letter A-J ("C", "(C)", "(c)", "option C", "C) ...",
 "C. text"); else a number; else an expression (math-looking, no prose words); else text.
@@ -62,6 +64,10 @@ Comparison (:func:`compare`)
   anything vs text) -> undecided.
 
 ``Verdict.reason`` is ``"<code>: <detail>"``; the codes are the keys of :data:`REASONS`.
+
+Cost: span classification is a pure function and is memoised (bounded LRU, short spans only),
+since final answers repeat ("72", "C"); only the right-most few cues of each kind are examined and
+tails/box bodies are length-capped, so megabyte or adversarial inputs stay linear.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Literal
@@ -383,6 +390,7 @@ def normalize_expression(s: str | None) -> str:
 
 
 _CMD = re.compile(r"\\[a-zA-Z]+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _MATHCHAR = re.compile(r"[\d\\^_{}=+*/<>]")
 _MATH_WORDS = frozenset(
@@ -392,7 +400,7 @@ _NOT_SYMBOLS = frozenset("no is an of or to it in on at be as by if so we he me 
 
 
 def _is_mathy(s: str) -> bool:
-    if len(s) > 160:
+    if len(s) > 160 or (not s.isascii() and _CJK.search(s)):
         return False
     bare = _CMD.sub(" ", s) if "\\" in s else s
     for w in _WORD.findall(bare):
@@ -404,8 +412,8 @@ def _is_mathy(s: str) -> bool:
         return False
     if _MATHCHAR.search(s):
         return True
-    letters = [c for c in s if c.isalpha()]
-    return 0 < len(letters) <= 3 and s.replace(" ", "").lower() not in _NOT_SYMBOLS
+    t = s.replace(" ", "")  # "x", "AB": a symbol, unless an English short word ("no", "is")
+    return 0 < len(t) <= 3 and t.isascii() and t.isalpha() and t.lower() not in _NOT_SYMBOLS
 
 
 _TEXT_STRIP = " \t.,;:!?\"'`*()[]"
@@ -477,8 +485,10 @@ def _classify_span(span: str, strict: bool = False) -> Final | None:
     if strict:
         return None
     if _is_mathy(s):
-        return Final("expression", _norm_expr_clean(s), raw)
-    return Final("text", _norm_text(s), raw)
+        e = _norm_expr_clean(s)
+        return Final("expression", e, raw) if e else None
+    t = _norm_text(s)
+    return Final("text", t, raw) if t else None
 
 
 # Pure function returning an immutable Final, so cached: final-answer spans repeat heavily ("72",
@@ -513,24 +523,54 @@ _CUE_ZH = re.compile(r"""
 _GSM = re.compile(r"####[ \t]*")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _BRACES = re.compile(r"\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
-_CUT = re.compile(
-    r"[.!?;。；！？](?=\s|$|\*)|[，、]"
-    r"|,\s*(?=(?:which|so|since|because|as|and|but|or|then|that|where|giving|meaning|thus|hence|therefore|i\.e)\b)"
-    r"|(?<!\s)\s+(?:because|since|as|which|so that|so|where|given)\b")
+# where a cue's tail stops: sentence punctuation followed by a space (not the "." of "3.5"),
+# Chinese commas, ", which/so/because ...", " because/since/as ..."
+_CUT_PUNCT = re.compile(r"[.!?;。；！？，、]")
+_CUT_COMMA = re.compile(
+    r",\s*(?=(?:which|so|since|because|as|and|but|or|then|that|where|giving|meaning|thus|hence|therefore|i\.e)\b)")
+_CUT_WORD = re.compile(r"\s(?:because|since|as|which|so that|so|where|given)\b")
+_NONSPACE = re.compile(r"\S")
+_SENTENCE_END = re.compile(r"[.!?。！？]\s+(?=\S)")
+# "So the probability is 0.5." at the very end; tried only when the sentence has a digit or a
+# lone capital A-J (the value must read as a number or an option letter)
+_IS_VALUE = re.compile(
+    r"\s(?:is|are|was|were|equals|equal\s+to|be|becomes|gives|get|makes|total\s+of)\s+(?!not\b)(\S.{0,40}?)[\s.!。]*$")
+_VALUE_HINT = re.compile(r"\d|(?<![A-Za-z])[A-J](?![A-Za-z])")
+# work bounds: a pathological text (megabytes, thousands of cues) stays linear
+_MAX_PER_KIND = 8  # only the right-most occurrences of each cue kind are looked at
+_MAX_FIND = 64  # str.find hits of a cue word tried per text
+_MAX_TAIL = 300  # characters of a cue's tail
+_MAX_BOX = 2000  # characters of a \boxed{...} body
 
 
 def _cut(span: str) -> str:
-    m = _CUT.search(span)
-    return span[:m.start()] if m is not None else span
+    """The span up to its first sentence end (three simple regexes: faster than one alternation)."""
+    end = len(span)
+    m = _CUT_PUNCT.search(span)
+    while m is not None:
+        k = m.end()
+        if m.group() in "，、" or k == end or span[k].isspace() or span[k] == "*":
+            end = m.start()
+            break
+        m = _CUT_PUNCT.search(span, k)
+    if "," in span:
+        m = _CUT_COMMA.search(span, 0, end)
+        if m is not None:
+            end = m.start()
+    m = _CUT_WORD.search(span, 0, end)
+    if m is not None:
+        end = m.start()
+    return span[:end].rstrip() if end < len(span) else span
 
 
 def _brace_body(text: str, j: int) -> str | None:
     """Content of the brace group opening at text[j] == '{' (nested), or None if unclosed."""
-    m = _BRACES.match(text, j)  # up to three levels in C; deeper nesting takes the loop
+    stop = min(len(text), j + _MAX_BOX)
+    m = _BRACES.match(text, j, stop)  # up to three levels in C; deeper nesting takes the loop
     if m is not None:
         return m.group(1)
     depth = 0
-    for k in range(j, len(text)):
+    for k in range(j, stop):
         ch = text[k]
         if ch == "{":
             depth += 1
@@ -542,67 +582,78 @@ def _brace_body(text: str, j: int) -> str | None:
 
 
 def _tail(text: str, end: int, cut: bool) -> tuple[str, bool, bool] | None:
-    """The cue's tail: (span, on the cue's own line, ends the text), or None if nothing follows."""
+    """The cue's tail: (span, on the cue's own line, the line ends the text), or None if nothing
+    follows."""
     n = len(text)
     eol = text.find("\n", end)
     if eol == -1:
         eol = n
-    tail = text[end:eol]
+    tail = text[end:min(eol, end + _MAX_TAIL)]
     same = True
     if not tail.strip(" \t*:"):  # "Answer:\nC": the next non-empty line
         same = False
         while True:
             if eol >= n:
                 return None
-            e2 = text.find("\n", eol + 1)
-            if e2 == -1:
-                e2 = n
-            tail = text[eol + 1:e2]
-            eol = e2
-            if tail.strip():
+            m = _NONSPACE.search(text, eol)
+            if m is None:
+                return None
+            start = text.rfind("\n", eol, m.start()) + 1
+            eol = text.find("\n", m.start())
+            if eol == -1:
+                eol = n
+            tail = text[start:min(eol, start + _MAX_TAIL)]
+            if tail.strip(" \t$*:\\[]`"):  # skip "$$" / "\\[" / "```" lines around display math
                 break
     if cut:
         tail = _cut(tail)
-    return tail, same, not text[eol:].strip()
+    return tail, same, _NONSPACE.search(text, eol) is None
+
+
+def _last(it: Iterable[re.Match]) -> deque[re.Match]:
+    return deque(it, maxlen=_MAX_PER_KIND)
 
 
 def _candidates(text: str) -> list[tuple[int, str, bool, bool]]:
-    """(position, span, span on the cue's own line, cue on the last line), newest first."""
+    """(position, span, same line, text may count), newest first. A prose span counts as a text
+    answer only from a \\boxed{} or from a cue on the text's last line, on the cue's own line."""
     out: list[tuple[int, str, bool, bool]] = []
     if "\\boxed" in text or "\\fbox" in text:
-        for m in _BOXED.finditer(text):
+        for m in _last(_BOXED.finditer(text)):
             j = m.end()
             if j < len(text) and text[j] == "{":
                 body = _brace_body(text, j)
                 if body is not None:
-                    out.append((m.start(), body, True, False))
+                    out.append((m.start(), body, True, True))
             else:
-                tok = text[j:].split(None, 1)
+                tok = text[j:j + 40].split(None, 1)
                 if tok:
-                    out.append((m.start(), tok[0].rstrip("$.,"), True, False))
+                    out.append((m.start(), tok[0].rstrip("$.,"), True, True))
     if "####" in text:
-        for m in _GSM.finditer(text):
+        for m in _last(_GSM.finditer(text)):
             t = _tail(text, m.end(), cut=False)
             if t is not None:
                 out.append((m.start(), *t))
     low = text.lower()
     if len(low) == len(text):  # one char per char: positions in `low` are positions in `text`
         for word in _CUE_WORDS:
-            i = low.find(word)
-            while i != -1:
+            i, found, tried = low.rfind(word), 0, 0
+            while i != -1 and found < _MAX_PER_KIND and tried < _MAX_FIND:
+                tried += 1
                 m = _CUE_EN_AT.match(low, i)
                 if m is not None:
                     t = _tail(text, m.end(), cut=True)
                     if t is not None:
                         out.append((i, *t))
-                i = low.find(word, i + 6)
+                        found += 1
+                i = low.rfind(word, 0, i)
     else:
-        for m in _CUE_EN_SCAN.finditer(text):
+        for m in _last(_CUE_EN_SCAN.finditer(text)):
             t = _tail(text, m.end(), cut=True)
             if t is not None:
                 out.append((m.start(), *t))
-    if "答" in text or "选" in text or "選" in text:
-        for m in _CUE_ZH.finditer(text):
+    if not text.isascii() and ("答" in text or "选" in text or "選" in text):  # isascii() is O(1)
+        for m in _last(_CUE_ZH.finditer(text)):
             t = _tail(text, m.end(), cut=True)
             if t is not None:
                 out.append((m.start(), *t))
@@ -611,40 +662,67 @@ def _candidates(text: str) -> list[tuple[int, str, bool, bool]]:
     return out
 
 
+def _is_value(sentence: str) -> Final | None:
+    """The number/option a sentence ends on after "is/equals/gives ...", else None."""
+    if _VALUE_HINT.search(sentence) is None:
+        return None
+    m = _IS_VALUE.search(sentence)
+    if m is None:
+        return None
+    f = _classify(m.group(1), strict=True)
+    return f if f is not None and f.kind in ("number", "choice") else None
+
+
 def extract_final(text: str | None) -> Final | None:
     """The final answer stated in ``text`` (the right-most one), or None; see the module doc."""
     if not text or not isinstance(text, str):
         return None
     text_final = None
-    for _pos, span, same, last_line in _candidates(text):
+    for _pos, span, same, text_ok in _candidates(text):
         f = _classify(span)
         if f is None:
             continue
         if f.kind != "text":
             return f
-        if text_final is None and same and last_line and len(f.value) <= 100:
+        g = _is_value(f.raw)  # "Answer: the total is 12."
+        if g is not None:
+            return g
+        if text_final is None and same and text_ok and len(f.value) <= 100:
             text_final = f
     if text_final is not None:
         return text_final
     stripped = text.strip()
+    if not stripped:
+        return None
     whole = None
     if "\n" not in stripped:
         last = stripped
-        if len(stripped) <= 100:
+        if len(stripped) <= 100 and stripped[-1] not in ":：":  # "Answer:" with nothing after
             whole = _classify(_cut(stripped))
             if whole is not None and whole.kind != "text":
                 return whole
     else:
         last = stripped[stripped.rfind("\n") + 1:].strip()
+    if len(last) > _MAX_TAIL:
+        last = last[-_MAX_TAIL:]
+    m = None
+    for m in _SENTENCE_END.finditer(last):
+        pass
+    if m is not None:  # the last sentence of the last line
+        last = last[m.end():]
     last = _cut(last).strip()
-    if "=" in last:
+    if "=" in last:  # "... = 12 m/s."
         f = _classify(last[last.rfind("=") + 1:], strict=True)
         if f is not None:
             return f
-    elif len(last) <= 40 and whole is None:
-        f = _classify(last, strict=True)
-        if f is not None and f.kind in ("number", "choice"):
+    else:
+        f = _is_value(last)  # "So the probability is 0.5."
+        if f is not None:
             return f
+        if len(last) <= 40 and whole is None:  # a bare "42" / "(C)" line
+            f = _classify(last, strict=True)
+            if f is not None and f.kind in ("number", "choice"):
+                return f
     return whole
 
 
