@@ -142,6 +142,11 @@ class Lake:
 
     def _save(self, df: DataFrame, name: str, mode: str) -> None:
         w = df.write.format("delta").mode(mode)
+        if not self.catalog_mode and not self.exists(name):
+            # Sail 0.7.2 cannot read a version older than the table's last checkpoint (it looks for
+            # commit 0 and fails): pinned reads and time travel would break after 10 commits. Path
+            # tables are created without checkpoints; the JSON log is replayed instead.
+            w = w.option("delta.checkpointInterval", "1000000")
         if mode == "overwrite":
             w = w.option("overwriteSchema", "false")
         if self.catalog_mode:

@@ -157,6 +157,9 @@ class Runner:
                 args = dict(inputs, **{driving_alias: chunk})
                 if stage.reads_output:
                     args["existing"] = lake.read(stage.output) if lake.exists(stage.output) else None
+                for alias in stage.live_inputs:
+                    table = stage.inputs[alias]
+                    args[alias] = lake.read(table) if lake.exists(table) else None
                 self._commit_chunk(stage, ctx, rows, args, f"{staging}/chunk-{i:05d}", result)
                 result.chunks_done += 1
                 result.seconds = time.monotonic() - t0

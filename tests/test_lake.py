@@ -116,3 +116,12 @@ def test_sql_names_point_at_the_current_lake(spark, tmp_path):
     b.register_sql_names()
     assert spark.sql("select count(*) c from silver.same").first()["c"] == 2
     assert a.read("silver.same").count() == 1
+
+
+def test_time_travel_past_ten_commits(lake, spark):
+    """Sail cannot read a version older than a checkpoint: path tables never checkpoint."""
+    for i in range(12):
+        lake.append(_df(spark, [(f"r{i}", i)]), "silver.many")
+    assert lake.read("silver.many", version=2).count() == 3  # versions 0, 1, 2 each appended one row
+    assert lake.read("silver.many").count() == 12
+    assert DeltaTable(lake.location("silver.many")).metadata().configuration["delta.checkpointInterval"] == "1000000"

@@ -234,6 +234,8 @@ class AsyncLLM:
                                           max_tokens=ep.max_tokens)
             if ep.top_p is not None:
                 kwargs["top_p"] = ep.top_p
+            if req.sample:  # distinct samples of one prompt must be distinct requests
+                kwargs["seed"] = req.sample
             if self.format:
                 kwargs["response_format"] = self.format
             try:

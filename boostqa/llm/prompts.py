@@ -29,10 +29,10 @@ class Prompt:
     def render(self, **fields: str) -> list[dict[str, str]]:
         """Chat messages with the fields filled in (a missing field is an error, not a blank)."""
         try:
-            user = self.user.format(**fields)
+            system, user = self.system.format(**fields), self.user.format(**fields)
         except KeyError as e:
             raise KeyError(f"prompt {self.id} needs field {e.args[0]!r}") from None
-        return [{"role": "system", "content": self.system.strip()}, {"role": "user", "content": user.strip()}]
+        return [{"role": "system", "content": system.strip()}, {"role": "user", "content": user.strip()}]
 
 
 def load_prompt(name: str, directory: Path | None = None) -> Prompt:

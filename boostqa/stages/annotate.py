@@ -142,6 +142,7 @@ STAGE = Stage(
     name="annotate",
     inputs={"seeds": "silver.seeds_clean", "calls": "ops.llm_calls"},
     optional_inputs=("calls",),
+    live_inputs=("calls",),
     output="silver.seeds_annotated",
     rejects="quarantine.annotation",
     key=("seed_uid",),

@@ -52,6 +52,8 @@ class Stage:
     chunk_rows: int | Callable[[Settings], int] | None = None  # overrides runner.chunk_rows (slow model calls)
     enabled: Callable[[Settings], bool] | None = None  # skipped when this says False
     optional_inputs: tuple[str, ...] = ()  # aliases that are None until their table exists
+    live_inputs: tuple[str, ...] = ()  # aliases read at their current version for each chunk (e.g. the
+    # call log the stage itself appends to), not pinned at the start
     derived: tuple[Derived, ...] = ()
     report: Callable[[DataFrame], dict[str, float]] | None = None  # extra metrics from a staged chunk
     # snapshot stages recompute the whole output from their inputs each run and overwrite it

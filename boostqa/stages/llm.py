@@ -81,7 +81,8 @@ def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[
     ``schema`` is a factory (a pydantic model built from config may not pickle; a closure does).
     Results are checkpointed, so each request is sent once however often the plan is evaluated.
     """
-    keys = requests.select("request_key", "messages").dropDuplicates(["request_key"])
+    extra = ["sample"] if "sample" in requests.columns else []  # sample index -> the request's seed
+    keys = requests.select("request_key", "messages", *extra).dropDuplicates(["request_key"])
     cached = None
     if calls_log is not None:
         cached = (calls_log.where((F.col("prompt_id") == prompt_id) & (F.col("model") == ep.model))
@@ -95,7 +96,9 @@ def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[
         if not parts:
             return
         rows = pd.concat(parts, ignore_index=True)
-        reqs = [Request(k, json.loads(m)) for k, m in zip(rows["request_key"], rows["messages"])]
+        samples = rows["sample"] if "sample" in rows else [0] * len(rows)
+        reqs = [Request(k, json.loads(m), int(n or 0))
+                for k, m, n in zip(rows["request_key"], rows["messages"], samples)]
         out = pd.DataFrame([r.as_row() for r in run_requests(share, reqs, schema())])
         out = out.drop(columns=["parsed"])
         for c in ("prompt_tokens", "completion_tokens", "attempts", "http_status"):

@@ -154,6 +154,7 @@ STAGE = Stage(
     name="probe",
     inputs={"seeds": "silver.seeds_annotated", "calls": "ops.llm_calls"},
     optional_inputs=("calls",),
+    live_inputs=("calls",),
     output="gold.probe_results",
     key=("checkpoint", "seed_uid"),
     prepare=prepare,

@@ -88,7 +88,8 @@ def sample_transform(ctx: StageContext, seeds: DataFrame, weights: DataFrame | N
     # Efraimidis-Spirakis: key = u^(1/w); the largest keys form a weighted sample without replacement
     u = (F.abs(F.xxhash64("plan_id", F.lit(c.seed))) % F.lit(2 ** 52) + F.lit(1)).cast("double") / F.lit(2.0 ** 52 + 2)
     rows = rows.withColumn("weight", weight).withColumn("_key", F.log(u) / F.col("weight"))
-    planned = existing.count() if existing is not None else 0
+    # the budget counts sampled tasks; check's booster retries (attempt 1) come on top of it
+    planned = existing.where(F.col("attempt") == 0).count() if existing is not None else 0
     room = max(0, c.budget_qa - planned)
     ranked = rows.withColumn("_rank", F.row_number().over(Window.orderBy(F.col("_key").desc(), "plan_id")))
     chosen = F.col("_rank") <= F.lit(room)
@@ -143,11 +144,13 @@ def synth_requests(ctx: StageContext, plan: DataFrame, seeds: DataFrame | None =
                     prompt.render(**{k: v for k, v in fields.items() if k != "extra_instruction"})
                 msgs.append(json.dumps(m, ensure_ascii=False))
                 keys.append(request_key(ep.model, prompt, m, params, int(r.sample)))
-            yield pd.DataFrame({"plan_id": pdf["plan_id"], "request_key": keys, "messages": msgs})
+            yield pd.DataFrame({"plan_id": pdf["plan_id"], "request_key": keys, "messages": msgs,
+                                "sample": pdf["sample"].astype("int64")})
 
     cols = ["plan_id", "mode", "grade_role", "discipline", "subfield", "seed_difficulty", "target_difficulty", "sample",
             "instruction", "seed_question", "seed_answer"]
-    schema = T.StructType([T.StructField(c, T.StringType()) for c in ("plan_id", "request_key", "messages")])
+    schema = T.StructType([*[T.StructField(c, T.StringType()) for c in ("plan_id", "request_key", "messages")],
+                           T.StructField("sample", T.LongType())])
     return rows.select(*cols).mapInPandas(render, schema)
 
 
@@ -223,6 +226,7 @@ SYNTHESIZE_STAGE = Stage(
     name="synthesize",
     inputs={"plan": "silver.synth_plan", "seeds": "silver.seeds_annotated", "calls": "ops.llm_calls"},
     optional_inputs=("calls",),
+    live_inputs=("calls",),
     output="silver.synth_raw",
     rejects="quarantine.synth",
     key=("qa_id",),
@@ -291,6 +295,7 @@ CHECK_STAGE = Stage(
     name="check",
     inputs={"qa": "silver.synth_raw", "calls": "ops.llm_calls"},
     optional_inputs=("calls",),
+    live_inputs=("calls",),
     output="silver.synth_checked",
     rejects="quarantine.synth",
     key=("qa_id",),
@@ -377,7 +382,8 @@ def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None =
         F.when(F.col("_status") == "failed", "deferred").when((F.col("_status") == "invalid") | unsolvable, "rejected")
         .otherwise("kept").alias("_outcome"),
         F.when(F.col("_status") == "invalid", "invalid_output").when(unsolvable, "unsolvable").alias("_reason"),
-        F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error")).when(unsolvable, F.col("issues"))
+        F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error"))
+        .when(unsolvable, F.coalesce(F.nullif(F.trim("issues"), F.lit("")), F.lit("refiner: not solvable (no reason given)")))
         .alias("_detail"),
         *annotate.call_columns())
 
@@ -399,6 +405,7 @@ REFINE_STAGE = Stage(
     name="refine",
     inputs={"qa": "silver.synth_checked", "calls": "ops.llm_calls"},
     optional_inputs=("calls",),
+    live_inputs=("calls",),
     output="silver.synth_refined",
     rejects="quarantine.synth",
     key=("qa_id",),
