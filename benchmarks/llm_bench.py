@@ -101,7 +101,10 @@ def worker_stage(url: str, n: int, c: int, work: str) -> dict:
     from boostqa.config import load_settings
     from boostqa.runner import Runner
 
+    import shutil
+
     work_dir = Path(work)
+    shutil.rmtree(work_dir, ignore_errors=True)  # a fresh lake: a reused call log would make no calls
     work_dir.mkdir(parents=True, exist_ok=True)
     src = work_dir / "seeds.jsonl"
     with open(src, "w") as f:
