@@ -101,12 +101,6 @@ def annotations(ctx: StageContext, rows: DataFrame, calls: DataFrame | None, key
         .withColumn("llm_simulated", F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False)))
 
 
-def call_columns() -> list:
-    """The call bookkeeping every LLM stage stages next to its rows (for ops.llm_calls and reports)."""
-    return ["_status", F.col("_fresh"), F.col("messages").alias("_messages"),
-            *[F.col(c).alias(f"_{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")]]
-
-
 def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = None) -> DataFrame:
     ep = llm.endpoint(ctx, ctx.settings.annotate.endpoint)
     prompt = load_prompt(ctx.settings.annotate.prompt)
@@ -121,17 +115,11 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
         stem[discipline[0]].alias("is_stem"), "difficulty", "rationale",
         F.lit(ep.model).alias("annotator_model"), F.lit(prompt.id).alias("prompt_version"), "request_key",
         "llm_simulated", F.lit(ctx.run_id).alias("run_id"),
-        F.when(F.col("_status") == "ok", "kept").when(F.col("_status") == "invalid", "rejected")
-        .otherwise("deferred").alias("_outcome"),
-        F.when(F.col("_status") == "invalid", "invalid_output").alias("_reason"),
-        F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error")).alias("_detail"),
-        *call_columns())
+        *llm.outcome_columns(), *llm.call_columns())
 
 
 def _log(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    c = ctx.settings.llm.endpoints[ctx.settings.annotate.endpoint]
-    return llm.log_rows(ctx, staged, ctx.settings.annotate.endpoint, c.model,
-                        load_prompt(ctx.settings.annotate.prompt).id, c.base_url == "simulator")
+    return llm.log_rows(ctx, staged, ctx.settings.annotate.endpoint, load_prompt(ctx.settings.annotate.prompt).id)
 
 
 def _failures(ctx: StageContext, staged: DataFrame) -> DataFrame:

@@ -10,6 +10,7 @@ failed -> deferred (pending for the next run, error in ``ops.llm_failures``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -66,12 +67,26 @@ def endpoint(ctx: StageContext, name: str, start_simulator: bool = True) -> Endp
     if simulated:
         ctx.extra["llm_simulated"] = 1
     url = (simulator_url(ctx) if start_simulator else "simulator") if simulated else c.base_url
-    return Endpoint(name=name, base_url=url, model=c.model,
-                    api_key_env=c.api_key_env, max_concurrency=c.max_concurrency, rpm=c.rpm, tpm=c.tpm,
-                    timeout=c.timeout, max_retries=c.max_retries, invalid_retries=c.invalid_retries,
-                    backoff_base=c.backoff_base, backoff_max=c.backoff_max, breaker_failures=c.breaker_failures,
-                    temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens,
-                    response_format=c.response_format, simulated=simulated)
+    shared = {f.name for f in dataclasses.fields(Endpoint)}  # config keys the client knows (not prices)
+    fields = {k: v for k, v in c.model_dump().items() if k in shared}
+    fields.update(name=name, base_url=url, simulated=simulated)
+    return Endpoint(**fields)
+
+
+def outcome_columns() -> list:
+    """_outcome/_reason/_detail of a plain LLM stage: ok -> kept, invalid -> rejected (invalid_output),
+    failed -> deferred; the detail is the parse error or the transport error."""
+    status = F.col("_status")
+    return [F.when(status == "ok", "kept").when(status == "invalid", "rejected").otherwise("deferred")
+            .alias("_outcome"),
+            F.when(status == "invalid", "invalid_output").alias("_reason"),
+            F.when(status != "ok", F.coalesce("parse_error", "error")).alias("_detail")]
+
+
+def call_columns() -> list:
+    """The call bookkeeping every LLM stage stages next to its rows (for ops.llm_calls and reports)."""
+    return ["_status", F.col("_fresh"), F.col("messages").alias("_messages"),
+            *[F.col(c).alias(f"_{c}") for c in RESULT_COLUMNS if c not in ("request_key", "status")]]
 
 
 def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[[], type[BaseModel]],
@@ -110,10 +125,11 @@ def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[
     return ctx.checkpoint(results)
 
 
-def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, model: str, prompt_id,
-             simulated: bool) -> DataFrame:
+def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, prompt_id) -> DataFrame:
     """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text).
     ``prompt_id`` is a string or a Column (stages with one prompt per mode)."""
+    c = ctx.settings.llm.endpoints[ep_name]
+    model, simulated = c.model, c.base_url == "simulator"
     pid = prompt_id if not isinstance(prompt_id, str) else F.lit(prompt_id)
     return (staged.where(F.col("_fresh") & F.col("_status").isin("ok", "invalid"))
             .select(F.col("request_key"), F.lit(ep_name).alias("endpoint"), F.lit(model).alias("model"),

@@ -140,14 +140,11 @@ def transform(ctx: StageContext, seeds: DataFrame, calls: DataFrame | None = Non
         F.when(F.col("_status") == "failed", "deferred").otherwise("kept").alias("_outcome"),
         F.lit(None).cast("string").alias("_reason"),
         F.when(F.col("_status") == "failed", F.col("error")).alias("_detail"),
-        "_status", "_fresh", F.col("messages").alias("_messages"),
-        *[F.col(c).alias(f"_{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")])
+        *llm.call_columns())
 
 
 def _log(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    c = ctx.settings.llm.endpoints[ctx.settings.probe.endpoint]
-    return llm.log_rows(ctx, staged, ctx.settings.probe.endpoint, c.model, load_prompt(ctx.settings.probe.prompt).id,
-                        c.base_url == "simulator")
+    return llm.log_rows(ctx, staged, ctx.settings.probe.endpoint, load_prompt(ctx.settings.probe.prompt).id)
 
 
 STAGE = Stage(

@@ -200,17 +200,11 @@ def synthesize_transform(ctx: StageContext, plan: DataFrame, seeds: DataFrame,
         "draft_answer", "reasoning", F.lit(ep.model).alias("model"), pid[F.col("mode")].alias("prompt_version"),
         "request_key", (F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"),
         F.lit(ctx.run_id).alias("run_id"), F.lit(None).cast("int").alias("_achieved_difficulty"),
-        F.when(F.col("_status") == "ok", "kept").when(F.col("_status") == "invalid", "rejected")
-        .otherwise("deferred").alias("_outcome"),
-        F.when(F.col("_status") == "invalid", "invalid_output").alias("_reason"),
-        F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error")).alias("_detail"),
-        *annotate.call_columns())
+        *llm.outcome_columns(), *llm.call_columns())
 
 
 def _synth_log(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    c = ctx.settings.llm.endpoints[ctx.settings.synthesis.endpoint]
-    return llm.log_rows(ctx, staged, ctx.settings.synthesis.endpoint, c.model, F.col("prompt_version"),
-                        c.base_url == "simulator")
+    return llm.log_rows(ctx, staged, ctx.settings.synthesis.endpoint, F.col("prompt_version"))
 
 
 def _llm_derived(endpoint_of, log=None) -> tuple[Derived, ...]:
@@ -270,7 +264,7 @@ def check_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None = 
         (F.col("llm_simulated") | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"),
         "request_key", F.lit(ctx.run_id).alias("run_id"), F.col("achieved_difficulty").alias("_achieved_difficulty"),
         outcome.alias("_outcome"), reason.alias("_reason"), detail.alias("_detail"),
-        F.col("plan_id").alias("_plan_id"), *annotate.call_columns())
+        F.col("plan_id").alias("_plan_id"), *llm.call_columns())
 
 
 def _retry_plan(ctx: StageContext, staged: DataFrame) -> DataFrame:
@@ -285,10 +279,8 @@ def _retry_plan(ctx: StageContext, staged: DataFrame) -> DataFrame:
 
 
 def _check_log(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    name = ctx.settings.synthesis.reannotate_endpoint
-    c = ctx.settings.llm.endpoints[name]
-    return llm.log_rows(ctx, staged, name, c.model, load_prompt(ctx.settings.annotate.prompt).id,
-                        c.base_url == "simulator")
+    return llm.log_rows(ctx, staged, ctx.settings.synthesis.reannotate_endpoint,
+                        load_prompt(ctx.settings.annotate.prompt).id)
 
 
 CHECK_STAGE = Stage(
@@ -385,13 +377,11 @@ def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None =
         F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error"))
         .when(unsolvable, F.coalesce(F.nullif(F.trim("issues"), F.lit("")), F.lit("refiner: not solvable (no reason given)")))
         .alias("_detail"),
-        *annotate.call_columns())
+        *llm.call_columns())
 
 
 def _refine_log(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    c = ctx.settings.llm.endpoints[ctx.settings.refine.endpoint]
-    return llm.log_rows(ctx, staged, ctx.settings.refine.endpoint, c.model, load_prompt(ctx.settings.refine.prompt).id,
-                        c.base_url == "simulator")
+    return llm.log_rows(ctx, staged, ctx.settings.refine.endpoint, load_prompt(ctx.settings.refine.prompt).id)
 
 
 def refine_report(staged: DataFrame) -> dict[str, float]:
