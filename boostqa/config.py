@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "BOOSTQA__"
 _SECRET_KEY = re.compile(r"(?i)(secret|password|token|api_?key)(?!_env)")
@@ -194,6 +194,11 @@ class BoosterConfig(_Model):
 class SynthesisConfig(_Model):
     endpoint: str = "generator"
     budget_qa: int = Field(1000, ge=0)  # synthesis tasks planned in total (a later run adds up to it)
+    # accepted-QA tokens to plan for (training format, tokens.*); tasks are costed at the observed
+    # yield (gold tokens per finished task) once min_yield_tasks have finished, else at the prior
+    budget_tokens: int | None = Field(None, ge=0)
+    est_tokens_per_task: float = Field(300.0, gt=0)
+    min_yield_tasks: int = Field(20, ge=1)
     seed: int = 0  # sampling seed: same seed + same inputs = same plan
     roles: dict[str, int] = {"high_school_teacher": 2, "college_instructor": 3, "graduate_professor": 4}
     samples_per_role: int = Field(1, ge=1)
@@ -203,9 +208,16 @@ class SynthesisConfig(_Model):
     reannotate_endpoint: str = "annotator"
 
 
+class JudgeConfig(_Model):
+    enabled: bool = True  # ask an LLM only when final-answer rules cannot decide (verdict "undecided")
+    endpoint: str = "refiner"
+    prompt: str = "judge"
+
+
 class RefineConfig(_Model):
     endpoint: str = "refiner"
     prompt: str = "refine"
+    judge: JudgeConfig = JudgeConfig()
 
 
 class GateConfig(_Model):
@@ -214,6 +226,75 @@ class GateConfig(_Model):
     min_answer_chars: int = Field(1, ge=1)
     max_answer_chars: int = Field(12000, ge=1)
     keep_inconsistent: bool = True  # the refined answer is kept; the flag stays for filtering
+    template: str = "qa"  # n_tokens of gold rows: this tokens.templates entry, tokens.tokenizer, tokens.eos
+
+
+class CorpusSourceConfig(SourceConfig):
+    """A general-corpus source (documents, not QA): read like a seed source, one text field."""
+
+    text_field: str = "text"  # dotted path allowed
+    id_field: str | None = None  # the source's own document id, if any (else file + row)
+    require_answer: bool = False
+
+
+class LedgerTable(_Model):
+    """A table the token ledger counts: its training template and how its rows map to the
+    ledger's dimensions (Spark SQL expressions; default: the same-named column, else NULL)."""
+
+    table: str
+    template: str = "qa"  # a name in tokens.templates
+    dims: dict[Literal["discipline", "difficulty", "mode", "source"], str] = {}
+
+
+class TokensConfig(_Model):
+    tokenizer: str = "splintr:llama3"  # splintr:<name> | hf:<tokenizer.json> | tiktoken:<file>
+    pattern: str | None = None  # split regex for tiktoken files: llama3 | cl100k | o200k | a regex
+    eos: bool = True  # every document ends in one EOS token when trained on
+    templates: dict[str, str] = {"qa": "Question: {question}\nAnswer: {answer}", "text": "{text}"}
+    target_tokens: int = Field(100_000_000_000, gt=0)  # the budget `boostqa tokens` reports progress to
+    tables: list[LedgerTable] = []
+
+    @model_validator(mode="after")
+    def _known_templates(self) -> TokensConfig:
+        for t in self.tables:
+            if t.template not in self.templates:
+                raise ValueError(f"tokens.tables: {t.table} uses template {t.template!r}, "
+                                 f"not in tokens.templates ({sorted(self.templates)})")
+        return self
+
+
+class BlendComponent(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    table: str  # a lake table (logical name such as gold.boostqa)
+    template: str = "text"  # a name in tokens.templates
+    ratio: float = Field(gt=0)  # share of blend.target_tokens (ratios are normalised)
+    id_column: str  # the row's stable id (doc_id, qa_id, ...)
+    # optional split of this component's tokens by a column, e.g. {by: discipline, shares: {math: 0.3}};
+    # groups not named share the rest in proportion to their available tokens
+    by: str | None = None
+    shares: dict[str, float] = {}
+    where: str | None = None  # a Spark SQL filter on the table (e.g. "consistency != 'inconsistent'")
+
+
+class BlendConfig(_Model):
+    target_tokens: int = Field(10_000_000_000, gt=0)
+    seed: int = 0  # sampling and shuffle: same seed + same inputs = same mix
+    components: list[BlendComponent] = []
+    max_epochs: float = Field(4.0, gt=0)  # refuse to repeat a small component more than this
+
+    @model_validator(mode="after")
+    def _unique(self) -> BlendConfig:
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"blend.components: duplicate names {names}")
+        return self
+
+
+class ExportConfig(_Model):
+    dir: str = "exports"  # <dir>/<mix table version>/: shards, manifest.json, README.md
+    shard_tokens: int = Field(50_000_000, gt=0)
+    formats: list[Literal["jsonl.zst", "parquet"]] = ["jsonl.zst", "parquet"]
+    title: str = "boostqa mix"
 
 
 class Settings(_Model):
@@ -236,8 +317,12 @@ class Settings(_Model):
     synthesis: SynthesisConfig = SynthesisConfig()
     refine: RefineConfig = RefineConfig()
     gate: GateConfig = GateConfig()
+    corpus: list[CorpusSourceConfig] = []
+    tokens: TokensConfig = TokensConfig()
+    blend: BlendConfig = BlendConfig()
+    export: ExportConfig = ExportConfig()
 
-    @field_validator("sources", "benchmarks")
+    @field_validator("sources", "benchmarks", "corpus")
     @classmethod
     def _unique_sources(cls, v: list[SourceConfig]) -> list[SourceConfig]:
         names = [s.name for s in v]

@@ -26,7 +26,7 @@ def plan_stages(runner, names: list[str] | None = None, tokenizer: str = "llama3
     for stage in stages:
         ep_name, prompt_id, render = stage.llm(runner.settings)
         ep = runner.settings.llm.endpoints[ep_name]
-        driving_alias, driving_table = next(iter(stage.inputs.items()))
+        driving_alias, driving_table = next(iter(stage.input_specs(runner.settings).items()))
         row = {"stage": stage.name, "endpoint": ep_name, "model": ep.model, "pending": 0, "calls": 0, "reused": 0,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "time": "-", "limited_by": "-",
                "tokenizer": tokenizer}
@@ -39,7 +39,7 @@ def plan_stages(runner, names: list[str] | None = None, tokenizer: str = "llama3
         if stage.prepare:
             driving = stage.prepare(ctx, driving)
         pending = runner._pending(stage, driving)
-        others = {a: runner.lake.read(t) for a, t in stage.inputs.items()
+        others = {a: runner.lake.read(t) for a, t in stage.input_specs(runner.settings).items()
                   if a != driving_alias and not t.startswith("files:") and runner.lake.exists(t)}
         reqs = render(ctx, pending, **others).dropDuplicates(["request_key"])
         if runner.lake.exists("ops.llm_calls"):

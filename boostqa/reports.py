@@ -56,8 +56,9 @@ def booster_effect(lake: Lake) -> dict:
 def refinement(lake: Lake) -> dict:
     if not lake.exists("silver.synth_refined"):
         return {}
-    refined = lake.read("silver.synth_refined").groupBy("consistency").count().toPandas()
-    counts = dict(zip(refined["consistency"], refined["count"]))
+    refined = lake.read("silver.synth_refined").groupBy("consistency", "consistency_by").count().toPandas()
+    counts = refined.groupby("consistency")["count"].sum().to_dict()
+    by_judge = int(refined.loc[refined["consistency_by"] == "judge", "count"].sum())
     unsolvable = lake.read("quarantine.synth").where("stage = 'refine' and reason = 'unsolvable'").count() \
         if lake.exists("quarantine.synth") else 0
     judged = counts.get("consistent", 0) + counts.get("inconsistent", 0)
@@ -65,7 +66,7 @@ def refinement(lake: Lake) -> dict:
     return {"refined": int(sum(counts.values())), "unsolvable": int(unsolvable),
             "unsolvable_%": round(100 * unsolvable / processed, 2) if processed else None,
             "consistent": int(counts.get("consistent", 0)), "inconsistent": int(counts.get("inconsistent", 0)),
-            "undecided": int(counts.get("undecided", 0)),
+            "undecided": int(counts.get("undecided", 0)), "decided_by_judge": by_judge,
             "inconsistent_%": round(100 * counts.get("inconsistent", 0) / judged, 2) if judged else None}
 
 
@@ -101,3 +102,49 @@ def synthesis_report(lake: Lake) -> dict:
 
 def as_jsonable(report: dict) -> dict:
     return {k: (v.to_dict(orient="records") if isinstance(v, pd.DataFrame) else v) for k, v in report.items()}
+
+
+SYNTH_STAGES = ("synthesize", "check", "refine")
+
+
+def ledger(lake: Lake) -> pd.DataFrame:
+    """Each table's newest counted version: records and tokens per mode and source."""
+    if not lake.exists("gold.token_ledger"):
+        return pd.DataFrame()
+    led = lake.read("gold.token_ledger")
+    newest = led.groupBy("table_name", "tokenizer", "format").agg(F.max("table_version").alias("table_version"))
+    return (led.join(newest, ["table_name", "tokenizer", "format", "table_version"])
+            .groupBy("table_name", "table_version", "mode", "source")
+            .agg(F.sum("records").alias("records"), F.sum("tokens").alias("tokens"))
+            .orderBy("table_name", "mode", "source").toPandas())
+
+
+def token_progress(lake: Lake, target: int, table: str = "gold.boostqa") -> dict:
+    """Progress of accepted synthetic QA toward a token budget, and what the rest will take at the
+    yield seen so far: seeds (each seed yields several QA) and LLM calls (synthesis, re-annotation,
+    refinement, judge) per accepted QA."""
+    if not lake.exists("gold.token_ledger") or not lake.exists(table):
+        return {}
+    led = lake.read("gold.token_ledger").where(F.col("table_name") == table)
+    counted = led.agg(F.max("table_version").alias("v")).first()["v"]
+    if counted is None:
+        return {}
+    r = led.where(F.col("table_version") == counted).agg(F.sum("tokens").alias("t"), F.sum("records").alias("n")).first()
+    tokens, rows = int(r["t"] or 0), int(r["n"] or 0)
+    gold = lake.read(table, counted)
+    seeds_used = gold.select(F.explode("seed_ids").alias("s")).distinct().count()
+    seeds_total = lake.read("silver.seeds_annotated").count() if lake.exists("silver.seeds_annotated") else None
+    calls = 0
+    if lake.exists("ops.llm_calls"):
+        calls = lake.read("ops.llm_calls").where(F.col("stage").isin(*SYNTH_STAGES)).count()
+    remaining = max(0, target - tokens)
+    per_seed = tokens / seeds_used if seeds_used else None
+    per_qa = tokens / rows if rows else None
+    calls_per_qa = calls / rows if rows else None
+    return {"table": table, "version": counted, "current_version": lake.version(table), "target_tokens": target,
+            "tokens": tokens, "share_done": tokens / target, "remaining_tokens": remaining, "accepted_qa": rows,
+            "tokens_per_qa": per_qa, "seeds_used": seeds_used, "seeds_available": seeds_total,
+            "tokens_per_seed": per_seed,
+            "seeds_needed": int(-(-remaining // per_seed)) if per_seed else None,
+            "llm_calls": calls, "calls_per_accepted_qa": calls_per_qa,
+            "calls_needed": int(round(remaining / per_qa * calls_per_qa)) if per_qa and calls_per_qa else None}

@@ -142,9 +142,13 @@ class Runner:
                   "config": stage.config(self.settings) if stage.config else {}}
         with self.tracker.stage(stage.name, params) as mlflow_run:
             result.mlflow_run_id = mlflow_run
-            inputs = self._pin_inputs(stage, staging, result)
-            driving_alias = next(iter(stage.inputs))
+            inputs = self._pin_inputs(stage, staging, result, ctx)
+            specs = stage.input_specs(self.settings)
+            driving_alias = next(iter(specs))
             driving = inputs[driving_alias]
+            ctx.inputs = inputs
+            if stage.reads_output and lake.exists(stage.output):
+                ctx.existing = lake.read(stage.output)
             if stage.prepare:
                 driving = stage.prepare(ctx, driving)
             pending = driving if stage.mode == "overwrite" else self._pending(stage, driving)
@@ -158,7 +162,7 @@ class Runner:
                 if stage.reads_output:
                     args["existing"] = lake.read(stage.output) if lake.exists(stage.output) else None
                 for alias in stage.live_inputs:
-                    table = stage.inputs[alias]
+                    table = specs[alias]
                     args[alias] = lake.read(table) if lake.exists(table) else None
                 self._commit_chunk(stage, ctx, rows, args, f"{staging}/chunk-{i:05d}", result)
                 result.chunks_done += 1
@@ -181,17 +185,18 @@ class Runner:
         return result
 
     def _missing_inputs(self, stage: Stage) -> list[str]:
-        return [t for a, t in stage.inputs.items()
-                if not t.startswith("files:") and a not in stage.optional_inputs and not self.lake.exists(t)]
+        return [t for a, t in stage.input_specs(self.settings).items()
+                if not t.startswith("files:") and not stage.is_optional(a) and not self.lake.exists(t)]
 
     def _ref(self, name: str, version: int | None = None) -> TableRef:
         version = self.lake.version(name) if version is None else version
         return TableRef(name, self.lake.location(name), version,
                         self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode)
 
-    def _pin_inputs(self, stage: Stage, staging: str, result: StageResult) -> dict[str, DataFrame]:
+    def _pin_inputs(self, stage: Stage, staging: str, result: StageResult,
+                    ctx: StageContext) -> dict[str, DataFrame | None]:
         inputs = {}
-        for alias, spec in stage.inputs.items():
+        for alias, spec in stage.input_specs(self.settings).items():
             if spec.startswith("files:"):
                 raw_path = f"{staging}/raw.parquet"
                 declared = getattr(self.settings, spec.split(":", 1)[1])
@@ -199,13 +204,15 @@ class Runner:
                 for f in files:
                     self.tracker.log_file(f"{f.source}/{f.rel}", str(f.path), f.sha256[:16])
                 inputs[alias] = self.spark.read.parquet(raw_path)
-            elif alias in stage.optional_inputs and not self.lake.exists(spec):
+            elif stage.is_optional(alias) and not self.lake.exists(spec):
                 inputs[alias] = None
             else:
                 ref = self._ref(spec)
                 if ref.version is None:
                     raise StageError(f"stage {stage.name}: input table {spec} does not exist yet")
                 result.inputs.append(ref)
+                ctx.versions[alias] = ref.version
+                ctx.digests[alias] = ref.digest
                 self.tracker.log_table(ref, "input")
                 inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
         return inputs

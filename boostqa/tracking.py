@@ -166,7 +166,11 @@ def lineage(uri: str, experiment: str, run_id: str) -> list[dict]:
             out.append({"stage": child.data.tags.get(STAGE_TAG, child.info.run_name), "context": ctx,
                         "table": ds_input.dataset.name, "digest": ds_input.dataset.digest,
                         "location": src.get("path") or src.get("delta_table_name") or src.get("uri"),
-                        "version": src.get("delta_table_version"), "mlflow_run": child.info.run_id,
+                        # MLflow's DeltaDatasetSource drops a falsy version: version 0 comes back
+                        # missing. log_table never logs a Delta table without its version, so
+                        # missing means 0 (files logged by log_file are not Delta sources)
+                        "version": src.get("delta_table_version", 0) if ds_input.dataset.source_type == "delta_table"
+                        else None, "mlflow_run": child.info.run_id,
                         "status": child.info.status})
     return out
 

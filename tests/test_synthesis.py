@@ -371,6 +371,39 @@ def test_sampling_is_deterministic_and_respects_the_budget(template, tmp_path):
     assert (again.kept, again.deferred) == (0, candidates - 50) and len(_rows(a2, PLAN)) == 50 + len(retries)
 
 
+def test_token_budget_plans_at_the_prior_then_at_the_observed_yield(template, tmp_path):
+    """budget_tokens: tasks are costed at est_tokens_per_task until enough have an outcome, then at
+    the observed gold tokens per finished task, per mode; a rerun tops the plan up to the budget."""
+    root = _copy(template, tmp_path)
+    syn = {"budget_qa": 10_000, "budget_tokens": 9_000, "est_tokens_per_task": 300, "min_yield_tasks": 5}
+    runner = Runner(_settings(root, _src(template), synthesis=syn), spark=engine.get_spark())
+    _, [res] = runner.run(["sample"])
+    assert res.kept == 30  # 9,000 / 300 tokens per task
+    assert res.extra["expected_tokens_per_task.multigrade"] == 300
+    assert runner.lake.read(PLAN).count() == 30
+    runner.run(["synthesize", "check", "refine", "gate"])
+    gold, quar = runner.lake.read(GOLD).toPandas(), runner.lake.read(QUAR).toPandas()
+    finished = {m: (gold["mode"] == m).sum() + (quar["mode"] == m).sum() for m in ("multigrade", "booster")}
+    observed = {m: gold.loc[gold["mode"] == m, "n_tokens"].sum() / finished[m] for m in finished}
+    ctx = _ctx(runner, synth.SAMPLE_STAGE)
+    est = synth.task_yield(ctx, runner.lake.read(GOLD), runner.lake.read(QUAR))
+    for m in finished:
+        assert est[m] == (observed[m] if finished[m] >= 5 else 300)
+    plan = runner.lake.read(PLAN).where("attempt = 0").toPandas()
+    spent = sum(est[m] for m in plan["mode"])
+    # costed at the observed yield, 200 more tokens of budget buy tasks worth at most 200 tokens
+    budget = int(spent) + 200
+    runner2 = Runner(_settings(root, _src(template), synthesis={**syn, "budget_tokens": budget}),
+                     spark=engine.get_spark())
+    _, [more] = runner2.run(["sample"])
+    added = runner2.lake.read(PLAN).where("attempt = 0").toPandas().merge(plan, how="left", on="plan_id",
+                                                                          indicator=True)
+    added = added[added["_merge"] == "left_only"]
+    cost = sum(est[m] for m in added["mode_x"])
+    assert more.kept == len(added) > 0
+    assert spent + cost <= budget < spent + cost + max(est.values())  # filled up to the budget, not past it
+
+
 # ------------------------------------------------------------------------------------------ 3. rejections
 def test_degraded_boosters_are_quarantined_and_retried_once(synthesized):
     runner, cfg = synthesized["runner"], synthesized["settings"].synthesis
@@ -423,6 +456,44 @@ def test_unsolvable_items_are_quarantined_by_refine(synthesized):
         assert r["consistency"] in ("consistent", "inconsistent", "undecided") and r["consistency_reason"]
 
 
+def test_undecided_answer_pairs_go_to_the_llm_judge_and_only_those(synthesized):
+    """Rules decide first (final-answer extraction + normalisation); the judge is asked only when
+    they cannot, its verdict is the flag, and its calls are logged like any other."""
+    from boostqa.llm.prompts import load_prompt
+    from boostqa.text.answers import compare
+
+    runner = synthesized["runner"]
+    refined, calls = _rows(runner, REFINED), _rows(runner, CALLS, "request_key")
+    judge_id = load_prompt("judge").id
+    judge_calls = [c for c in calls.values() if c["prompt_id"] == judge_id]
+    by = Counter(r["consistency_by"] for r in refined.values())
+    assert by["judge"] > 0 and by["rules"] > 0, by
+    assert len(judge_calls) == by["judge"]  # one logged call per judged pair, none for rule-decided ones
+    for r in refined.values():
+        verdict = json.loads(calls[r["request_key"]]["raw"])
+        final = verdict.get("final_answer", "").strip()
+        rule = compare(r["draft_answer"], r["answer"] + (f"\nThe answer is {final}." if final else ""))
+        if r["consistency_by"] == "rules":
+            assert rule.verdict != "undecided" and r["consistency"] == rule.verdict
+        else:
+            assert rule.verdict == "undecided" and r["consistency_reason"].startswith("judge: ")
+            assert r["consistency"] in ("consistent", "inconsistent")
+    judged = {json.loads(c["messages"])[1]["content"] for c in judge_calls}
+    assert all(any(r["question"] in m for m in judged) for r in refined.values() if r["consistency_by"] == "judge")
+
+
+def test_judge_off_leaves_undecided_pairs_flagged_undecided(template, tmp_path):
+    root = _copy(template, tmp_path)
+    runner = Runner(_settings(root, _src(template), refine={"judge": {"enabled": False}}), spark=engine.get_spark())
+    runner.run(SYNTH)
+    refined = _rows(runner, REFINED)
+    assert {r["consistency_by"] for r in refined.values()} == {"rules"}
+    assert "undecided" in {r["consistency"] for r in refined.values()}
+    from boostqa.llm.prompts import load_prompt
+
+    assert not [c for c in _rows(runner, CALLS, "request_key").values() if c["prompt_id"] == load_prompt("judge").id]
+
+
 def test_gate_rejects_planted_copies_short_and_contaminated_rows(template, synthesized, tmp_path):
     root = _copy(synthesized["root"], tmp_path, workaround=False)
     runner = Runner(_settings(root, _src(template)), spark=engine.get_spark())
@@ -460,7 +531,7 @@ def test_gate_rejects_planted_copies_short_and_contaminated_rows(template, synth
     assert {k: gold[k] for k in gold_before} == gold_before  # earlier gold untouched
     for k in ("zz-pair-a", "zz-novel"):
         text = f"Question: {gold[k]['question']}\nAnswer: {gold[k]['answer']}"
-        assert gold[k]["n_tokens"] == count_tokens([text])[0] > 0
+        assert gold[k]["n_tokens"] == count_tokens([text])[0] + 1 > 1  # + EOS (tokens.eos)
 
 
 # ------------------------------------------------------------------------------------------ 4. + 5.
@@ -490,7 +561,7 @@ def test_gold_rows_carry_complete_lineage(synthesized):
         assert g["seed_ids"] and set(g["seed_ids"]) <= set(seeds)
         assert g["grade_role"] in (roles if g["mode"] == "multigrade" else {"expert_setter"})
         assert 1 <= g["difficulty"] <= 5 and g["difficulty"] == checked[k]["achieved_difficulty"]
-        assert g["n_tokens"] > 0 and g["n_tokens"] == tokens[k]
+        assert g["n_tokens"] > 0 and g["n_tokens"] == tokens[k] + 1  # + EOS (tokens.eos)
         assert (g["question"], g["answer"]) == (refined[k]["question"], refined[k]["answer"])
         assert g["consistency"] in ("consistent", "inconsistent", "undecided") and g["llm_simulated"] is True
         assert set(g["lineage"]) == LINEAGE_KEYS
@@ -562,12 +633,26 @@ def test_transport_faults_leave_every_task_accounted_for_and_a_rerun_finishes(te
     retries = {k for k in pending["synthesize"] if plan[k]["attempt"] == 1}
     assert retries == {_retry_id(k) for k, r in degraded.items() if r["reason"] == "difficulty_degraded"}
     pending["synthesize"] -= retries
+    answered = _rows(runner, CALLS, "request_key")
+    refine_keys = set(keys["refine"].values())
+    judge_fails = {rk: f for rk, f in fails.items() if f["stage"] == "refine" and rk not in refine_keys}
     for stage in ("synthesize", "check", "refine"):
         assert pending[stage], f"no {stage} call failed"
+        waiting_on_judge = 0
         for k in pending[stage]:  # pending with a reason: a failure row of this run for its request
-            f = fails[keys[stage][k]]
+            rk = keys[stage][k]
+            if stage == "refine" and rk not in fails:  # the refiner answered (logged), its judge call failed
+                assert answered[rk]["status"] == "ok", answered[rk]
+                waiting_on_judge += 1
+                continue
+            f = fails[rk]
             assert (f["stage"], f["run_id"], f["attempts"]) == (stage, run1, 1), f
             assert f["http_status"] in (429, 500, 503) or "Timeout" in f["error"], f
+        if stage == "refine":
+            assert waiting_on_judge == len(judge_fails)
+            for f in judge_fails.values():
+                assert (f["endpoint"], f["run_id"], f["attempts"]) == ("refiner", run1, 1), f
+                assert f["http_status"] in (429, 500, 503) or "Timeout" in f["error"], f
     assert not pending["gate"] and not _quarantine(runner, "synthesize")  # transport faults only
     assert {r.stage: r.deferred for r in res} == {"sample": 0, "synthesize": len(pending["synthesize"]),
                                                    "check": len(pending["check"]),

@@ -171,6 +171,16 @@ def _text(rng: random.Random, sentences: tuple[int, int] = (2, 3)) -> str:
     return " ".join(_sentence(rng) for _ in range(rng.randint(*sentences)))
 
 
+def _answer(rng: random.Random, bare: bool) -> str:
+    """A worked answer (or, bare, just the final answer) for fields named answer/final_answer: a
+    quarter give no final answer at all; the rest usually agree on 7, so independent requests
+    about one question give a deterministic mix of agreeing, disagreeing and undecidable pairs."""
+    if rng.random() < 0.25:
+        return "" if bare else _text(rng, (1, 2))
+    value = "7" if rng.random() < 0.7 else str(rng.randint(0, 99))
+    return value if bare else f"{_text(rng, (1, 2))} The answer is {value}."
+
+
 def _msg_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -382,7 +392,9 @@ class SchemaGen:
             s = _format_sample(fmt, rng)
             if s is not None:
                 return s
-        if _CHOICE_FIELD.search(name or ""):
+        if name in ("answer", "final_answer"):  # answers end in a final answer that often agrees
+            s = _answer(rng, bare=name == "final_answer")
+        elif _CHOICE_FIELD.search(name or ""):
             s = _question(rng)
         elif mx is not None and mx < 24:
             s = rng.choice(_WORDS)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from boostqa.stages import annotate, bench, decontam, dedup, gate, ingest, probe, synth
+from boostqa.stages import (annotate, bench, blend, corpus, decontam, dedup, gate, ingest, ledger, probe,
+                            publish, synth)
 from boostqa.stages.base import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, bench.STAGE, bench.EMBED_STAGE, dedup.STAGE,
                                                 decontam.STAGE, annotate.STAGE,
                                                 probe.STAGE, probe.WEIGHTS_STAGE, synth.SAMPLE_STAGE,
                                                 synth.SYNTHESIZE_STAGE, synth.CHECK_STAGE, synth.REFINE_STAGE,
-                                                gate.STAGE)}
+                                                gate.STAGE, corpus.STAGE, blend.STAGE,
+                                                publish.STAGE, ledger.STAGE)}
 
 
 def resolve(names: list[str] | None) -> list[Stage]:

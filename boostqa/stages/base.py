@@ -39,7 +39,9 @@ class Derived:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    inputs: dict[str, str]  # alias -> logical table or SOURCE_FILES; the first alias drives pending rows
+    # alias -> logical table or SOURCE_FILES; the first alias drives pending rows. A callable builds
+    # them from the settings (e.g. the tables the token ledger counts: all optional)
+    inputs: dict[str, str] | Callable[[Settings], dict[str, str]]
     output: str
     key: tuple[str, ...]  # in the driving input, the output and the rejects: the unit of idempotency
     transform: Callable[..., DataFrame]
@@ -51,7 +53,7 @@ class Stage:
     whole: bool = False  # judge all pending rows together in one chunk (e.g. clustering)
     chunk_rows: int | Callable[[Settings], int] | None = None  # overrides runner.chunk_rows (slow model calls)
     enabled: Callable[[Settings], bool] | None = None  # skipped when this says False
-    optional_inputs: tuple[str, ...] = ()  # aliases that are None until their table exists
+    optional_inputs: tuple[str, ...] | None = ()  # aliases that are None until their table exists (None: all)
     live_inputs: tuple[str, ...] = ()  # aliases read at their current version for each chunk (e.g. the
     # call log the stage itself appends to), not pinned at the start
     derived: tuple[Derived, ...] = ()
@@ -66,6 +68,12 @@ class Stage:
     config: Callable[[Settings], Any] | None = None  # the settings section logged with the stage
     description: str = ""
 
+    def input_specs(self, settings: Settings) -> dict[str, str]:
+        return self.inputs(settings) if callable(self.inputs) else self.inputs
+
+    def is_optional(self, alias: str) -> bool:
+        return self.optional_inputs is None or alias in self.optional_inputs
+
 
 @dataclass
 class StageContext:
@@ -75,3 +83,7 @@ class StageContext:
     stage: Stage
     checkpoint: Callable[[DataFrame], DataFrame] = lambda df: df  # materialise an iterative plan
     extra: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)  # input alias -> pinned Delta version
+    digests: dict[str, str] = field(default_factory=dict)  # input alias -> content digest of that version
+    inputs: dict[str, DataFrame | None] = field(default_factory=dict)  # the pinned inputs (for prepare)
+    existing: DataFrame | None = None  # the output as committed so far (reads_output stages)

@@ -9,16 +9,14 @@ in the training format and their lineage (run ids, models, prompt versions).
 
 from __future__ import annotations
 
-import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from boostqa.stages import decontam, dedup
 from boostqa.stages.base import Derived, Stage, StageContext
+from boostqa.stages.training import tokens_column
 from boostqa.stages.synth import SYNTH_REJECTS
 
-TRAIN_TEMPLATE = "Question: {question}\nAnswer: {answer}"
 
 
 def _near_pairs(ctx: StageContext, sk: DataFrame, index: DataFrame | None, sigs: DataFrame | None) -> DataFrame:
@@ -32,14 +30,6 @@ def _near_pairs(ctx: StageContext, sk: DataFrame, index: DataFrame | None, sigs:
     if sigs is not None:
         all_sigs = all_sigs.unionByName(sigs.select("seed_uid", "minhash"))
     return dedup._similarities(pairs, all_sigs).where(F.col("similarity") >= ctx.settings.dedup.threshold)
-
-
-def _tokens(batches):
-    from boostqa.text.tokens import count_tokens
-
-    for pdf in batches:
-        texts = [TRAIN_TEMPLATE.format(question=q, answer=a) for q, a in zip(pdf["question"], pdf["answer"])]
-        yield pd.DataFrame({"qa_id": pdf["qa_id"], "n_tokens": count_tokens(texts)})
 
 
 def transform(ctx: StageContext, qa: DataFrame, seeds: DataFrame, bench: DataFrame,
@@ -79,8 +69,7 @@ def transform(ctx: StageContext, qa: DataFrame, seeds: DataFrame, bench: DataFra
     contaminated = decontam.transform(ctx, qa.select("qa_id", "question", "answer"), bench, vectors,
                                       key="qa_id", question="question", answer="answer", choices=None) \
         .select("qa_id", F.col("_reason").alias("_contam"), F.col("_detail").alias("_contam_detail"))
-    tokens = rows.mapInPandas(_tokens, T.StructType([T.StructField("qa_id", T.StringType()),
-                                                     T.StructField("n_tokens", T.LongType())]))
+    tokens = rows.select("qa_id", tokens_column(ctx.settings, rows, g.template, "gate").alias("n_tokens"))
     out = (qa.join(exact, "qa_id").join(near_seed, "qa_id", "left").join(near_synth, "qa_id", "left")
            .join(contaminated, "qa_id", "left").join(tokens, "qa_id").join(sk_q.select("qa_id", "minhash", "bands"),
                                                                             "qa_id"))

@@ -31,7 +31,7 @@ _BATCH_ROWS = 5_000
 
 def _declared(ctx: StageContext):
     """The config list this stage reads (sources for ingest, benchmarks for bench)."""
-    return [s for s in getattr(ctx.settings, ctx.stage.inputs["raw"].split(":", 1)[1]) if s.enabled]
+    return [s for s in getattr(ctx.settings, ctx.stage.input_specs(ctx.settings)["raw"].split(":", 1)[1]) if s.enabled]
 
 
 def _rules(ctx: StageContext) -> dict[str, Rules]:

@@ -125,49 +125,56 @@ def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[
     return ctx.checkpoint(results)
 
 
-def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, prompt_id) -> DataFrame:
+def _staged(prefix: str):
+    """A staged call column: the stage's main call keeps ``request_key`` and ``_status``...; a second
+    call in the same stage (e.g. the refine judge) stages ``_<prefix>request_key``, ``_<prefix>status``..."""
+    return lambda c: F.col(c if c == "request_key" and not prefix else f"_{prefix}{c}")
+
+
+def log_rows(ctx: StageContext, staged: DataFrame, ep_name: str, prompt_id, prefix: str = "") -> DataFrame:
     """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text).
     ``prompt_id`` is a string or a Column (stages with one prompt per mode)."""
     c = ctx.settings.llm.endpoints[ep_name]
     model, simulated = c.model, c.base_url == "simulator"
     pid = prompt_id if not isinstance(prompt_id, str) else F.lit(prompt_id)
-    return (staged.where(F.col("_fresh") & F.col("_status").isin("ok", "invalid"))
-            .select(F.col("request_key"), F.lit(ep_name).alias("endpoint"), F.lit(model).alias("model"),
-                    pid.alias("prompt_id"), F.lit(ctx.stage.name).alias("stage"),
-                    F.col("_messages").alias("messages"), F.col("_status").alias("status"),
-                    F.col("_raw").alias("raw"), F.col("_reasoning").alias("reasoning"),
-                    F.col("_finish_reason").alias("finish_reason"), F.col("_prompt_tokens").alias("prompt_tokens"),
-                    F.col("_completion_tokens").alias("completion_tokens"), F.col("_latency_ms").alias("latency_ms"),
-                    F.col("_attempts").alias("attempts"), F.col("_error").alias("error"),
-                    F.col("_http_status").alias("http_status"),
-                    (F.lit(simulated) | F.coalesce("_simulated", F.lit(False))).alias("simulated"),
+    col = _staged(prefix)
+    logged = ("status", "raw", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms",
+              "attempts", "error", "http_status")
+    return (staged.where(col("fresh") & col("status").isin("ok", "invalid"))
+            .select(col("request_key").alias("request_key"), F.lit(ep_name).alias("endpoint"),
+                    F.lit(model).alias("model"), pid.alias("prompt_id"), F.lit(ctx.stage.name).alias("stage"),
+                    col("messages").alias("messages"), *[col(n).alias(n) for n in logged],
+                    (F.lit(simulated) | F.coalesce(col("simulated"), F.lit(False))).alias("simulated"),
                     F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
             .dropDuplicates(["request_key"]))
 
 
-def failure_rows(ctx: StageContext, staged: DataFrame, ep_name: str) -> DataFrame:
+def failure_rows(ctx: StageContext, staged: DataFrame, ep_name: str, prefix: str = "") -> DataFrame:
     """ops.llm_failures rows: why a request is still pending after this run."""
-    return (staged.where(F.col("_status") == "failed")
-            .select("request_key", F.lit(ep_name).alias("endpoint"), F.lit(ctx.stage.name).alias("stage"),
-                    F.col("_error").alias("error"), F.col("_http_status").alias("http_status"),
-                    F.col("_attempts").alias("attempts"), F.lit(ctx.run_id).alias("run_id"),
-                    F.current_timestamp().alias("failed_at"))
+    col = _staged(prefix)
+    return (staged.where(col("status") == "failed")
+            .select(col("request_key").alias("request_key"), F.lit(ep_name).alias("endpoint"),
+                    F.lit(ctx.stage.name).alias("stage"), col("error").alias("error"),
+                    col("http_status").alias("http_status"), col("attempts").alias("attempts"),
+                    F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("failed_at"))
             .dropDuplicates(["request_key"]))
 
 
-def report(staged: DataFrame) -> dict[str, float]:
-    """Calls, reuse, tokens and latency of a chunk, for MLflow and the CLI."""
+def report(staged: DataFrame, prefix: str = "") -> dict[str, float]:
+    """Calls, reuse, tokens and latency of a chunk, for MLflow and the CLI (``llm.<prefix>calls``...)."""
+    col = _staged(prefix)
+    fresh = F.coalesce(col("fresh"), F.lit(False))
     r = staged.groupBy().agg(
-        F.sum(F.col("_fresh").cast("int")).alias("calls"),
-        F.sum((~F.col("_fresh")).cast("int")).alias("reused"),
-        F.sum(F.when(F.col("_fresh"), F.col("_prompt_tokens"))).alias("prompt_tokens"),
-        F.sum(F.when(F.col("_fresh"), F.col("_completion_tokens"))).alias("completion_tokens"),
-        F.sum(F.when(F.col("_fresh"), F.col("_attempts"))).alias("attempts"),
-        F.sum((F.col("_status") == "failed").cast("int")).alias("failed"),
-        F.sum((F.col("_status") == "invalid").cast("int")).alias("invalid"),
-        F.sum(F.when(F.col("_fresh"), F.col("_latency_ms"))).alias("latency_ms_total"),
-        F.sum(F.coalesce(F.col("_simulated"), F.lit(False)).cast("int")).alias("simulated_rows")).first()
-    out = {f"llm.{k}": float(v or 0) for k, v in r.asDict().items()}
-    if out["llm.simulated_rows"]:
+        F.sum(fresh.cast("int")).alias("calls"),
+        F.sum((col("fresh") == F.lit(False)).cast("int")).alias("reused"),
+        F.sum(F.when(fresh, col("prompt_tokens"))).alias("prompt_tokens"),
+        F.sum(F.when(fresh, col("completion_tokens"))).alias("completion_tokens"),
+        F.sum(F.when(fresh, col("attempts"))).alias("attempts"),
+        F.sum((col("status") == "failed").cast("int")).alias("failed"),
+        F.sum((col("status") == "invalid").cast("int")).alias("invalid"),
+        F.sum(F.when(fresh, col("latency_ms"))).alias("latency_ms_total"),
+        F.sum(F.coalesce(col("simulated"), F.lit(False)).cast("int")).alias("simulated_rows")).first()
+    out = {f"llm.{prefix}{k}": float(v or 0) for k, v in r.asDict().items()}
+    if out[f"llm.{prefix}simulated_rows"]:
         out["llm_simulated"] = 1.0  # answers came from boostqa's simulator (wherever it was started)
     return out

@@ -5,7 +5,9 @@
   H4/H5 seeds also get booster tasks (harder than the seed). Tasks are drawn without replacement
   with probability proportional to cell weight (probe deficiency) x source weight x booster
   multiplier (Efraimidis-Spirakis keys from a stable hash: same seed + same inputs = same plan),
-  up to ``synthesis.budget_qa``. Tasks over the budget stay pending: raise it and rerun.
+  up to ``synthesis.budget_qa`` tasks and, if set, ``synthesis.budget_tokens`` expected accepted-QA
+  tokens (tasks costed at the observed yield per mode). Tasks over a budget stay pending: raise it
+  and rerun; a rerun also tops the plan up when the observed yield came in below the estimate.
 - synthesize (plan -> silver.synth_raw): the generator writes a new question + worked answer
   per task (multigrade: as the role's educator at its level; booster: harder than the seed).
 - check (silver.synth_raw -> silver.synth_checked): every synthesised question is re-annotated by
@@ -14,7 +16,8 @@
 - refine (silver.synth_checked -> silver.synth_refined): the refiner checks solvability and
   solves step by step; unsolvable items are rejected; the refined answer is compared with the
   draft (final-answer extraction + normalisation) and the item flagged consistent /
-  inconsistent / undecided; the refined answer is the one kept.
+  inconsistent / undecided; only an undecided pair goes to an LLM judge (``refine.judge``), whose
+  calls are logged and reused like every other call. The refined answer is the one kept.
 """
 
 from __future__ import annotations
@@ -70,7 +73,28 @@ def plan_candidates(ctx: StageContext, seeds: DataFrame) -> DataFrame:
     return out.withColumn("attempt", F.lit(0)).withColumn("plan_id", plan_id).withColumn("qa_id", plan_id)
 
 
+def task_yield(ctx: StageContext, gold: DataFrame | None, rejects: DataFrame | None) -> dict[str, float]:
+    """Expected accepted-QA tokens per planned task, per mode: gold tokens / tasks with an outcome
+    (in gold or quarantined at any synthesis stage); the configured prior until enough finished."""
+    c = ctx.settings.synthesis
+    est = {m: float(c.est_tokens_per_task) for m in ("multigrade", "booster")}
+    if gold is None:
+        return est
+    done = gold.groupBy("mode").agg(F.sum("n_tokens").alias("tokens"), F.count(F.lit(1)).alias("kept"))
+    if rejects is not None:
+        lost = rejects.where(F.col("mode").isNotNull()).groupBy("mode").agg(F.count(F.lit(1)).alias("lost"))
+        done = done.join(lost, "mode", "full")
+    else:
+        done = done.withColumn("lost", F.lit(0))
+    for r in done.collect():
+        finished = (r["kept"] or 0) + (r["lost"] or 0)
+        if r["mode"] in est and finished >= c.min_yield_tasks:
+            est[r["mode"]] = float(r["tokens"] or 0) / finished
+    return est
+
+
 def sample_transform(ctx: StageContext, seeds: DataFrame, weights: DataFrame | None = None,
+                     gold: DataFrame | None = None, rejects: DataFrame | None = None,
                      existing: DataFrame | None = None) -> DataFrame:
     c = ctx.settings.synthesis
     rows = seeds
@@ -88,23 +112,38 @@ def sample_transform(ctx: StageContext, seeds: DataFrame, weights: DataFrame | N
     # Efraimidis-Spirakis: key = u^(1/w); the largest keys form a weighted sample without replacement
     u = (F.abs(F.xxhash64("plan_id", F.lit(c.seed))) % F.lit(2 ** 52) + F.lit(1)).cast("double") / F.lit(2.0 ** 52 + 2)
     rows = rows.withColumn("weight", weight).withColumn("_key", F.log(u) / F.col("weight"))
-    # the budget counts sampled tasks; check's booster retries (attempt 1) come on top of it
-    planned = existing.where(F.col("attempt") == 0).count() if existing is not None else 0
-    room = max(0, c.budget_qa - planned)
-    ranked = rows.withColumn("_rank", F.row_number().over(Window.orderBy(F.col("_key").desc(), "plan_id")))
+    # budgets count sampled tasks (attempt 0); check's booster retries come on top of them
+    planned = existing.where(F.col("attempt") == 0) if existing is not None else None
+    room = max(0, c.budget_qa - (planned.count() if planned is not None else 0))
+    order = Window.orderBy(F.col("_key").desc(), "plan_id")
+    ranked = rows.withColumn("_rank", F.row_number().over(order))
     chosen = F.col("_rank") <= F.lit(room)
+    why = f"synthesis.budget_qa={c.budget_qa}"
+    if c.budget_tokens is not None:
+        est = task_yield(ctx, gold, rejects)
+        cost = F.create_map(*[x for m, v in est.items() for x in (F.lit(m), F.lit(v))])
+        spent = 0.0
+        if planned is not None:
+            spent = sum(est.get(r["mode"], c.est_tokens_per_task) * r["count"]
+                        for r in planned.groupBy("mode").count().collect())
+        ranked = ranked.withColumn("_cum", F.sum(cost[F.col("mode")]).over(
+            order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+        chosen = chosen & (F.col("_cum") <= F.lit(c.budget_tokens - spent))
+        ctx.extra.update({f"expected_tokens_per_task.{m}": v for m, v in est.items()})
+        why += f" and synthesis.budget_tokens={c.budget_tokens} (about {round(spent)} tokens already planned)"
     return ranked.select(
         "plan_id", "qa_id", "seed_uid", "mode", "grade_role", "sample", "attempt", "seed_difficulty", "target_difficulty",
         "discipline", "subfield", "is_stem", "weight", F.lit(None).cast("string").alias("instruction"),
         F.lit(ctx.run_id).alias("run_id"),
         F.when(chosen, "kept").otherwise("deferred").alias("_outcome"), F.lit(None).cast("string").alias("_reason"),
-        F.when(~chosen, F.lit(f"not sampled under synthesis.budget_qa={c.budget_qa}")).alias("_detail"))
+        F.when(~chosen, F.lit(f"not sampled under {why}")).alias("_detail"))
 
 
 SAMPLE_STAGE = Stage(
     name="sample",
-    inputs={"seeds": "silver.seeds_annotated", "weights": "gold.sampling_weights"},
-    optional_inputs=("weights",),
+    inputs={"seeds": "silver.seeds_annotated", "weights": "gold.sampling_weights", "gold": "gold.boostqa",
+            "rejects": "quarantine.synth"},
+    optional_inputs=("weights", "gold", "rejects"),
     output="silver.synth_plan",
     key=("qa_id",),
     prepare=plan_candidates,
@@ -323,6 +362,57 @@ def refine_requests(ctx: StageContext, qa: DataFrame, **_: DataFrame) -> DataFra
     return qa.select("qa_id", "question").mapInPandas(render, schema)
 
 
+def judge_model() -> type[BaseModel]:
+    return create_model("Judgement", same_final_answer=(bool, ...), reason=(str, Field("", max_length=1000)))
+
+
+JUDGE = "judge_"  # staged columns of the judge call: _judge_request_key, _judge_status, ...
+
+
+def _judge(ctx: StageContext, undecided: DataFrame, calls: DataFrame | None) -> DataFrame:
+    """An LLM verdict for draft/refined pairs the final-answer rules leave undecided: qa_id ->
+    judge_same, judge_reason + the judge call's staged columns. Calls are logged and reused."""
+    from boostqa.llm.client import parse_output
+
+    j = ctx.settings.refine.judge
+    ep, prompt = llm.endpoint(ctx, j.endpoint), load_prompt(j.prompt)
+    params = ep.params()
+
+    def render(batches):
+        for pdf in batches:
+            msgs = [prompt.render(question=q, draft=d, refined=r)
+                    for q, d, r in zip(pdf["question"], pdf["draft_answer"], pdf["answer"])]
+            yield pd.DataFrame({"qa_id": pdf["qa_id"], "messages": [json.dumps(m, ensure_ascii=False) for m in msgs],
+                                "request_key": [request_key(ep.model, prompt, m, params) for m in msgs]})
+
+    rschema = T.StructType([T.StructField(n, T.StringType()) for n in ("qa_id", "messages", "request_key")])
+    reqs = ctx.checkpoint(undecided.select("qa_id", "question", "draft_answer", "answer").mapInPandas(render, rschema))
+    results = llm.call(ctx, reqs, ep, judge_model, prompt.id, calls)
+
+    def parse(batches):
+        model = judge_model()
+        for pdf in batches:
+            rows = []
+            for rk, raw in zip(pdf["request_key"], pdf["raw"]):
+                try:
+                    p = parse_output(raw, model)
+                    rows.append((rk, p["same_final_answer"], p["reason"].strip(), None))
+                except ValueError as e:
+                    rows.append((rk, None, None, str(e)))
+            yield pd.DataFrame(rows, columns=["request_key", "judge_same", "judge_reason", "parse_error"])
+
+    pschema = T.StructType([T.StructField("request_key", T.StringType()), T.StructField("judge_same", T.BooleanType()),
+                            T.StructField("judge_reason", T.StringType()), T.StructField("parse_error", T.StringType())])
+    parsed = results.where(F.col("status") != "failed").select("request_key", "raw").mapInPandas(parse, pschema)
+    r = reqs.join(results, "request_key").join(parsed, "request_key", "left")
+    status = F.when(F.col("status") == "failed", "failed").when(F.col("judge_same").isNotNull(), "ok") \
+        .otherwise("invalid")
+    return r.select("qa_id", "judge_same", "judge_reason", F.col("parse_error").alias("judge_parse_error"),
+                    F.col("request_key").alias(f"_{JUDGE}request_key"), status.alias(f"_{JUDGE}status"),
+                    F.col("_fresh").alias(f"_{JUDGE}fresh"), F.col("messages").alias(f"_{JUDGE}messages"),
+                    *[F.col(c).alias(f"_{JUDGE}{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")])
+
+
 def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None = None) -> DataFrame:
     from boostqa.llm.client import parse_output
     from boostqa.text.answers import compare
@@ -348,46 +438,80 @@ def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None =
                 except ValueError as e:
                     rows.append((rk, None, None, None, None, None, None, str(e)))
             yield pd.DataFrame(rows, columns=["request_key", "solvable", "issues", "answer", "final_answer",
-                                              "consistency", "consistency_reason", "parse_error"])
+                                              "rule_verdict", "rule_reason", "parse_error"])
 
     pschema = T.StructType([T.StructField("request_key", T.StringType()), T.StructField("solvable", T.BooleanType()),
                             *[T.StructField(n, T.StringType()) for n in ("issues", "answer", "final_answer",
-                                                                           "consistency", "consistency_reason",
+                                                                           "rule_verdict", "rule_reason",
                                                                            "parse_error")]])
     with_draft = results.join(reqs.select("request_key", "qa_id"), "request_key") \
         .join(qa.select("qa_id", "draft_answer"), "qa_id")
-    parsed = with_draft.where(F.col("status") != "failed").select("request_key", "raw", "draft_answer") \
-        .dropDuplicates(["request_key"]).mapInPandas(parse, pschema)
+    parsed = ctx.checkpoint(with_draft.where(F.col("status") != "failed").select("request_key", "raw", "draft_answer")
+                            .dropDuplicates(["request_key"]).mapInPandas(parse, pschema))
     r = results.join(parsed, "request_key", "left")
     status = F.when(F.col("status") == "failed", "failed") \
         .when(F.col("parse_error").isNull() & F.col("solvable").isNotNull(), "ok").otherwise("invalid")
     out = qa.join(reqs, "qa_id").join(r, "request_key").withColumn("_status", status)
     unsolvable = (F.col("_status") == "ok") & ~F.col("solvable")
+    ask_judge = (F.col("_status") == "ok") & F.col("solvable") & (F.col("rule_verdict") == "undecided")
+    if c.judge.enabled:
+        judged = _judge(ctx, out.where(ask_judge).select("qa_id", "question", "draft_answer", "answer"), calls)
+        out = out.join(judged, "qa_id", "left")
+    else:
+        out = out.select("*", F.lit(None).cast("boolean").alias("judge_same"),
+                         F.lit(None).cast("string").alias("judge_reason"),
+                         F.lit(None).cast("string").alias("judge_parse_error"),
+                         *[F.lit(None).cast(t).alias(f"_{JUDGE}{n}") for n, t in
+                           [("request_key", "string"), ("status", "string"), ("fresh", "boolean"),
+                            ("messages", "string")] +
+                           [(n, t.simpleString()) for n, t in llm.RESULT_FIELDS if n not in ("request_key", "status")]])
+    judged_ok = F.col(f"_{JUDGE}status") == "ok"
+    consistency = F.when(judged_ok, F.when(F.col("judge_same"), "consistent").otherwise("inconsistent")) \
+        .otherwise(F.col("rule_verdict"))
+    consistency_reason = F.when(judged_ok, F.concat(F.lit("judge: "), F.coalesce(F.nullif("judge_reason", F.lit("")),
+                                                                                 F.lit("(no reason given)")))) \
+        .when(F.col(f"_{JUDGE}status") == "invalid",
+              F.concat(F.lit("rules: "), F.col("rule_reason"), F.lit("; judge output invalid: "),
+                       F.col("judge_parse_error"))).otherwise(F.col("rule_reason"))
+    judge_failed = F.coalesce(F.col(f"_{JUDGE}status") == "failed", F.lit(False))
     return out.select(
         "qa_id", "seed_ids", "mode", "grade_role", "attempt", "seed_difficulty", "target_difficulty",
         "achieved_difficulty", "discipline", "subfield", "is_stem", "question", "draft_answer", "answer",
-        "final_answer", "consistency", "consistency_reason", "generator_model", "generator_prompt", "synth_run_id",
+        "final_answer", consistency.alias("consistency"), consistency_reason.alias("consistency_reason"),
+        F.when(judged_ok, "judge").when(F.col("rule_verdict").isNotNull(), "rules").alias("consistency_by"),
+        "generator_model", "generator_prompt", "synth_run_id",
         F.col("run_id").alias("check_run_id"), F.lit(ep.model).alias("refiner_model"),
         F.lit(prompt.id).alias("refiner_prompt"),
-        (F.col("llm_simulated") | F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias("llm_simulated"),
+        (F.col("llm_simulated") | F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))
+         | F.coalesce(f"_{JUDGE}simulated", F.lit(False))).alias("llm_simulated"),
         "request_key", F.lit(ctx.run_id).alias("run_id"), F.col("achieved_difficulty").alias("_achieved_difficulty"),
-        F.when(F.col("_status") == "failed", "deferred").when((F.col("_status") == "invalid") | unsolvable, "rejected")
-        .otherwise("kept").alias("_outcome"),
+        # a failed judge call leaves the row pending: the refiner's answer is logged and reused next run
+        F.when((F.col("_status") == "failed") | judge_failed, "deferred")
+        .when((F.col("_status") == "invalid") | unsolvable, "rejected").otherwise("kept").alias("_outcome"),
         F.when(F.col("_status") == "invalid", "invalid_output").when(unsolvable, "unsolvable").alias("_reason"),
         F.when(F.col("_status") != "ok", F.coalesce("parse_error", "error"))
         .when(unsolvable, F.coalesce(F.nullif(F.trim("issues"), F.lit("")), F.lit("refiner: not solvable (no reason given)")))
+        .when(judge_failed, F.concat(F.lit("judge call failed: "), F.col(f"_{JUDGE}error")))
         .alias("_detail"),
-        *llm.call_columns())
+        *llm.call_columns(), *[c for c in out.columns if c.startswith(f"_{JUDGE}")])
 
 
 def _refine_log(ctx: StageContext, staged: DataFrame) -> DataFrame:
     return llm.log_rows(ctx, staged, ctx.settings.refine.endpoint, load_prompt(ctx.settings.refine.prompt).id)
 
 
+def _judge_log(ctx: StageContext, staged: DataFrame) -> DataFrame:
+    j = ctx.settings.refine.judge
+    return llm.log_rows(ctx, staged, j.endpoint, load_prompt(j.prompt).id, prefix=JUDGE)
+
+
 def refine_report(staged: DataFrame) -> dict[str, float]:
     out = llm.report(staged)
-    for r in staged.groupBy("consistency").count().collect():
-        out[f"consistency.{r['consistency']}"] = float(r["count"])
+    out.update({k: v for k, v in llm.report(staged, prefix=JUDGE).items() if k != "llm.judge_simulated_rows"})
+    for r in staged.groupBy("consistency", "consistency_by").count().collect():
+        out[f"consistency.{r['consistency']}"] = out.get(f"consistency.{r['consistency']}", 0.0) + float(r["count"])
+        if r["consistency_by"] == "judge":
+            out[f"consistency.judge.{r['consistency']}"] = float(r["count"])
     return out
 
 
@@ -400,7 +524,10 @@ REFINE_STAGE = Stage(
     rejects="quarantine.synth",
     key=("qa_id",),
     reject_columns=SYNTH_REJECTS,
-    derived=_llm_derived(lambda s: s.refine.endpoint, _refine_log),
+    derived=(*_llm_derived(lambda s: s.refine.endpoint, _refine_log),
+             Derived("ops.llm_calls", ("request_key",), _judge_log),
+             Derived("ops.llm_failures", ("request_key", "run_id"),
+                     lambda ctx, st: llm.failure_rows(ctx, st, ctx.settings.refine.judge.endpoint, prefix=JUDGE))),
     report=refine_report,
     chunk_rows=lambda s: s.llm.chunk_rows,
     transform=refine_transform,
