@@ -279,7 +279,8 @@ def report(profile: ProfileOpt = None):
     if r:
         console.print(f"refinement: {r['refined']} refined, unsolvable {r['unsolvable_%']}%, inconsistent "
                       f"{r['inconsistent_%']}% of judged (consistent {r['consistent']}, inconsistent "
-                      f"{r['inconsistent']}, undecided {r['undecided']}; the paper reports 16.18% inconsistent)")
+                      f"{r['inconsistent']}, undecided {r['undecided']}; {r['decided_by_judge']} decided by the LLM "
+                      "judge where the final-answer rules could not; the paper reports 16.18% inconsistent)")
     _print_df(rep["rejections"], "table", title="rejections by stage and reason")
     _print_df(rep["usage"], "table", title="LLM calls and tokens (ops.llm_calls)")
     _print_df(rep["gold_by_mode"], "table", title="gold.boostqa by mode and role")

@@ -80,10 +80,10 @@ def usage(lake: Lake) -> pd.DataFrame:
     """Calls and tokens per stage from the call log; accepted QA and tokens per mode from gold."""
     if not lake.exists("ops.llm_calls"):
         return pd.DataFrame()
-    return lake.read("ops.llm_calls").groupBy("stage", "model").agg(
+    return lake.read("ops.llm_calls").groupBy("stage", "prompt_id", "model").agg(
         F.count("*").alias("calls"), F.sum("prompt_tokens").alias("prompt_tokens"),
         F.sum("completion_tokens").alias("completion_tokens"),
-        F.max(F.col("simulated").cast("int")).alias("simulated")).orderBy("stage").toPandas()
+        F.max(F.col("simulated").cast("int")).alias("simulated")).orderBy("stage", "prompt_id").toPandas()
 
 
 def gold_by_mode(lake: Lake) -> pd.DataFrame:
@@ -147,4 +147,4 @@ def token_progress(lake: Lake, target: int, table: str = "gold.boostqa") -> dict
             "tokens_per_seed": per_seed,
             "seeds_needed": int(-(-remaining // per_seed)) if per_seed else None,
             "llm_calls": calls, "calls_per_accepted_qa": calls_per_qa,
-            "calls_needed": int(round(remaining / per_qa * calls_per_qa)) if per_qa and calls_per_qa else None}
+            "calls_needed": int(round(remaining / per_qa * calls_per_qa)) if per_qa else None}

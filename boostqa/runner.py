@@ -185,8 +185,14 @@ class Runner:
         return result
 
     def _missing_inputs(self, stage: Stage) -> list[str]:
-        return [t for a, t in stage.input_specs(self.settings).items()
-                if not t.startswith("files:") and not stage.is_optional(a) and not self.lake.exists(t)]
+        """Required input tables that do not exist; all of them when every input is optional and
+        none exists (nothing to work on)."""
+        tables = {a: t for a, t in stage.input_specs(self.settings).items() if not t.startswith("files:")}
+        missing = [t for a, t in tables.items() if not self.lake.exists(t)]
+        required = [t for a, t in tables.items() if not stage.is_optional(a) and t in missing]
+        if tables and all(stage.is_optional(a) for a in tables) and len(missing) == len(tables):
+            return missing
+        return required
 
     def _ref(self, name: str, version: int | None = None) -> TableRef:
         version = self.lake.version(name) if version is None else version

@@ -62,11 +62,8 @@ def resolve_path(path: str, cache_dir: Path) -> tuple[str, bool]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def list_files(src: SourceConfig, cache_dir: Path) -> list[SourceFile]:

@@ -28,7 +28,8 @@ def _qa_rows(n: int) -> list[dict]:
         rows.append({"qa_id": f"qa{i:04d}", "question": f"In {d}, what is item {i} times {i % 7}? Explain briefly.",
                      "answer": f"Step one: take {i}. Step two: multiply by {i % 7}. The answer is {i * (i % 7)}." +
                                " Detail." * (i % 5), "discipline": d, "difficulty": 1 + i % 5,
-                     "mode": "multigrade" if i % 4 else "booster", "llm_simulated": True})
+                     "mode": "multigrade" if i % 4 else "booster", "llm_simulated": True,
+                     "seed_ids": [f"seed{i // 3}"]})
     return rows
 
 
@@ -47,18 +48,18 @@ def lake_with_inputs(spark, make_settings, tmp_path):
         settings = make_settings(
             corpus=[{"name": "docs", "path": str(corpus), "text_field": "text", "id_field": "id"}],
             blend={"target_tokens": target, "seed": over.pop("seed", 0), "components": [
-                {"name": "qa", "table": "silver.qa_fixture", "template": "qa", "ratio": ratios[0],
+                {"name": "qa", "table": "gold.boostqa", "template": "qa", "ratio": ratios[0],
                  "id_column": "qa_id", **over.pop("qa", {})},
                 {"name": "general", "table": "bronze.corpus", "template": "text", "ratio": ratios[1],
                  "id_column": "doc_id"}], **over.pop("blend", {})},
-            tokens={"tables": [{"table": "silver.qa_fixture", "template": "qa"},
+            tokens={"tables": [{"table": "gold.boostqa", "template": "qa"},
                                {"table": "bronze.corpus", "template": "text", "dims": {"mode": "'general'"}},
                                {"table": "gold.mix", "template": "text", "dims": {"source": "component"}}]},
             export={"dir": str(tmp_path / "exports"), "shard_tokens": 5_000}, **over)
         return Runner(settings, spark=spark)
 
     runner = make()
-    runner.lake.overwrite(spark.createDataFrame(_qa_rows(90)), "silver.qa_fixture")
+    runner.lake.overwrite(spark.createDataFrame(_qa_rows(90)), "gold.boostqa")
     return make
 
 
@@ -102,7 +103,7 @@ def test_blend_hits_token_targets_and_repeats_or_samples_components(lake_with_in
     row = qa.iloc[0]
     assert row.text == render_training_text(QA_TEMPLATE, qa_by_id[row.doc_id])
     assert row.discipline == qa_by_id[row.doc_id]["discipline"] and row.llm_simulated
-    assert set(mix.source_table) == {"silver.qa_fixture", "bronze.corpus"}
+    assert set(mix.source_table) == {"gold.boostqa", "bronze.corpus"}
 
 
 def test_blend_is_deterministic_and_a_new_seed_draws_another_sample(lake_with_inputs):
@@ -141,7 +142,7 @@ def test_ledger_sums_equal_a_direct_recount_and_count_each_version_once(lake_wit
     runner.run(["corpus", "blend", "ledger"])
     led = runner.lake.read("gold.token_ledger").toPandas()
     qa_texts = [render_training_text(QA_TEMPLATE, r) for r in _qa_rows(90)]
-    qa = led[led.table_name == "silver.qa_fixture"]
+    qa = led[led.table_name == "gold.boostqa"]
     assert qa.tokens.sum() == sum(_recount(qa_texts)) and qa.records.sum() == 90
     per_cell = qa.groupby(["discipline", "difficulty", "mode"]).tokens.sum().to_dict()
     direct = Counter()
@@ -158,11 +159,11 @@ def test_ledger_sums_equal_a_direct_recount_and_count_each_version_once(lake_wit
     # nothing changed: nothing to count; a new version of one table: only it is counted again
     res = runner.run_stage(STAGES["ledger"], "r-again")
     assert res.pending == 0
-    runner.lake.append(spark.createDataFrame(_qa_rows(93)[90:]), "silver.qa_fixture")
+    runner.lake.append(spark.createDataFrame(_qa_rows(93)[90:]), "gold.boostqa")
     res = runner.run_stage(STAGES["ledger"], "r-new")
     led2 = runner.lake.read("gold.token_ledger").toPandas()
     new = led2[led2.run_id == "r-new"]
-    assert set(new.table_name) == {"silver.qa_fixture"} and new.records.sum() == 93
+    assert set(new.table_name) == {"gold.boostqa"} and new.records.sum() == 93
     assert len(led2) == len(led) + len(new)
 
 
@@ -190,7 +191,31 @@ def test_export_stage_writes_shards_matching_gold_mix_once_per_version(lake_with
     texts = [t for f in sorted(os.listdir(row.path)) if f.endswith(".parquet")
              for t in pq.read_table(os.path.join(row.path, f)).column("text").to_pylist()]
     assert texts == list(mix.sort_values(["shuffle_key", "mix_id"]).text)
-    assert {s["table"] for s in manifest["sources"]} == {"gold.mix", "silver.qa_fixture", "bronze.corpus"}
+    assert {s["table"] for s in manifest["sources"]} == {"gold.mix", "gold.boostqa", "bronze.corpus"}
     assert "Simulated" in open(os.path.join(row.path, "README.md")).read()
     res = runner.run_stage(STAGES["export"], "again")
     assert res.pending == 0 and runner.lake.read("ops.exports").count() == 1
+
+
+def test_token_progress_and_the_tokens_command(lake_with_inputs, monkeypatch):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from boostqa import cli
+    from boostqa.reports import token_progress
+
+    runner = lake_with_inputs()
+    runner.run(["corpus", "blend", "ledger"])
+    qa_tokens = sum(_recount([render_training_text(QA_TEMPLATE, r) for r in _qa_rows(90)]))
+    p = token_progress(runner.lake, 1_000_000)
+    assert (p["tokens"], p["accepted_qa"], p["seeds_used"]) == (qa_tokens, 90, 30)
+    assert p["share_done"] == qa_tokens / 1_000_000 and p["tokens_per_seed"] == qa_tokens / 30
+    assert p["seeds_needed"] == -(-(1_000_000 - qa_tokens) // (qa_tokens / 30))
+    assert p["version"] == p["current_version"] == runner.lake.version("gold.boostqa")
+
+    monkeypatch.setattr(cli, "_settings", lambda profile: runner.settings)
+    monkeypatch.setattr(cli, "console", Console(width=200, color_system=None))
+    r = CliRunner().invoke(cli.app, ["tokens", "--target", "1000000"])
+    assert r.exit_code == 0, r.output
+    assert f"gold.boostqa: {qa_tokens:,} of 1,000,000 tokens" in r.stdout
+    assert f"{p['seeds_needed']:,} more seeds" in r.stdout and "bronze.corpus" in r.stdout

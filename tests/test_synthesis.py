@@ -573,7 +573,7 @@ def test_gold_rows_carry_complete_lineage(synthesized):
         assert g["lineage"]["gate_run"] in synthesized["runs"]
     # gate metrics match the rows, in MLflow too; every stage run is tagged simulated
     res1, res2 = synthesized["res"]
-    assert res1["gate"].extra["gold_tokens"] + res2["gate"].extra["gold_tokens"] == sum(tokens.values())
+    assert res1["gate"].extra["gold_tokens"] + res2["gate"].extra["gold_tokens"] == sum(tokens.values()) + len(gold)
     client = MlflowClient(settings.tracking_uri())
     run = client.get_run(res1["gate"].mlflow_run_id)
     assert run.data.tags[STAGE_TAG] == "gate" and run.data.metrics["gold_rows"] == res1["gate"].kept

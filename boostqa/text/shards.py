@@ -114,11 +114,8 @@ def _write_parquet(table: pa.Table, f) -> None:
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_jsonl_zst(path: str) -> Iterator[dict]:
