@@ -269,7 +269,8 @@ class BlendComponent(_Model):
     template: str = "text"  # a name in tokens.templates
     ratio: float = Field(gt=0)  # share of blend.target_tokens (ratios are normalised)
     id_column: str  # the row's stable id (doc_id, qa_id, ...)
-    # optional split of this component's tokens by a column, e.g. {by: discipline, shares: {math: 0.3}};
+    # optional split of this component's tokens by a column or SQL expression, e.g. {by: discipline,
+    # shares: {math: 0.3}} or by: "concat_ws('/', discipline, difficulty)" with shares {"math/5": 0.1};
     # groups not named share the rest in proportion to their available tokens
     by: str | None = None
     shares: dict[str, float] = {}

@@ -129,6 +129,17 @@ def test_blend_splits_a_component_by_column_shares(lake_with_inputs):
     assert abs(by["physics"] + by["history"] - 3_000) / 3_000 < 0.02
 
 
+def test_blend_splits_by_a_discipline_x_difficulty_expression(lake_with_inputs):
+    by = "concat_ws('/', discipline, cast(difficulty as string))"
+    runner = lake_with_inputs(target=12_000, ratios=(1, 1), qa={"by": by, "shares": {"math/1": 0.1}})
+    runner.run(["corpus", "blend"])
+    mix = runner.lake.read("gold.mix").where("component = 'qa'").toPandas()
+    cell = mix[(mix.discipline == "math") & (mix.difficulty == 1)].n_tokens.sum()
+    assert set(mix[(mix.discipline == "math") & (mix.difficulty == 1)].epoch) == {0, 1, 2}  # 6 rows, 2.4 epochs
+    # each group within one row of its target, the component within half a row (error diffusion)
+    assert abs(cell - 600) <= mix.n_tokens.max() and abs(mix.n_tokens.sum() - 6_000) <= mix.n_tokens.max() / 2
+
+
 def test_blend_refuses_more_epochs_than_allowed(lake_with_inputs):
     runner = lake_with_inputs(target=400_000, blend={"max_epochs": 2})
     runner.run(["corpus"])

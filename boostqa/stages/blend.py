@@ -4,8 +4,9 @@ A component gets ``ratio`` of ``blend.target_tokens`` (ratios normalised), optio
 column (``by`` + ``shares``; unnamed groups share the rest in proportion to what they hold).
 A group holding fewer tokens than its target is repeated: whole epochs, then a partial one;
 a larger group is down-sampled. The partial epoch takes rows in a seeded hash order up to the
-target, then the one other row that best fills the gap, so every group lands within a fraction
-of a document of its target. Rows carry a seeded shuffle key (the export order). Same seed + same
+target, then perhaps the one other row that best fills the gap, decided across the component's
+groups with error diffusion: a component lands within half a document of its target, each group
+within one document. Rows carry a seeded shuffle key (the export order). Same seed + same
 input versions = the same mix. A snapshot stage: each run overwrites gold.mix, so a mix is a
 Delta version (the dataset version MLflow logs and the export is named by).
 """
@@ -62,12 +63,31 @@ def _rows(ctx: StageContext, name: str, df: DataFrame) -> DataFrame:
     rows = df.select(F.col(c.id_column).cast("string").alias("doc_id"),
                      text_column(ctx.settings, df, c.template, what).alias("text"),
                      *[(F.col(m) if m in df.columns else F.lit(None)).cast(t).alias(m) for m, t in META.items()],
-                     (F.col(c.by).cast("string") if c.by else F.lit("all")).alias("grp"),
+                     (F.expr(c.by).cast("string") if c.by else F.lit("all")).alias("grp"),
                      # simulator output stays labelled all the way into the training files
                      (F.coalesce(F.col("llm_simulated"), F.lit(False)) if "llm_simulated" in df.columns
                       else F.lit(False)).alias("llm_simulated"))
     return rows.select(F.lit(name).alias("component"), F.lit(c.table).alias("source_table"),
                        F.lit(ctx.versions[name]).cast("long").alias("source_version"), "*")
+
+
+def fill_decisions(plan: list[tuple], fills: dict[tuple[str, str], tuple[float, int]]) -> list[tuple[str, str]]:
+    """Groups whose gap-filling row is taken: walk each component's groups in order, carrying the
+    rounding error, and take the row when that brings the running total closer to the running
+    target. plan rows: (component, group, full epochs, remainder, target, available)."""
+    take, error = [], {}
+    for comp, grp, _full, _rem, _target, _have in sorted(plan):
+        if (comp, grp) not in fills:
+            continue
+        gap, n = fills[(comp, grp)]
+        carried = error.get(comp, 0.0)  # achieved - target so far (prefix rounding included)
+        without, with_row = carried - gap, carried - gap + n
+        if abs(with_row) < abs(without):
+            take.append((comp, grp))
+            error[comp] = with_row
+        else:
+            error[comp] = without
+    return take
 
 
 def blend_id(ctx: StageContext) -> str:
@@ -104,15 +124,24 @@ def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
     r = rows.join(F.broadcast(p), ["component", "grp"]) \
         .withColumn("_cum", F.sum("n_tokens").over(group.orderBy(order, "doc_id")
                                                    .rowsBetween(Window.unboundedPreceding, Window.currentRow)))
-    # the partial epoch: the longest prefix in hash order that fits, plus the one other row that
-    # best fills the gap (when it lands closer than stopping): the error is a fraction of a row
+    # the partial epoch: the longest prefix in hash order that fits, plus perhaps the one other
+    # row that best fills the gap; whether to add it is decided across the component's groups
+    # (error diffusion), so the component lands within half a row of its target, each group
+    # within one row of its own
     prefix = F.col("_cum") <= F.col("remainder")
     r = r.withColumn("_prefix", prefix) \
         .withColumn("_gap", F.col("remainder") - F.coalesce(F.sum(F.when(prefix, F.col("n_tokens"))).over(group),
                                                             F.lit(0)))
     fit = F.abs(F.col("n_tokens") - F.col("_gap"))
-    r = r.withColumn("_fit", F.row_number().over(group.orderBy("_prefix", fit, order, "doc_id")))
-    partial = F.col("_prefix") | (~F.col("_prefix") & (F.col("_fit") == 1) & (fit < F.col("_gap")))
+    r = ctx.checkpoint(r.withColumn("_fit", F.row_number().over(group.orderBy("_prefix", fit, order, "doc_id"))))
+    fills = {(x["component"], x["grp"]): (x["_gap"], x["n_tokens"])
+             for x in r.where(~F.col("_prefix") & (F.col("_fit") == 1))
+             .select("component", "grp", "_gap", "n_tokens").collect()}
+    take = [(c, g) for c, g in fill_decisions(plan, fills)]
+    chosen = ctx.spark.createDataFrame(take or [("", "")], "component string, grp string") \
+        .withColumn("_fill", F.lit(True))
+    r = r.join(F.broadcast(chosen), ["component", "grp"], "left")
+    partial = F.col("_prefix") | (~F.col("_prefix") & (F.col("_fit") == 1) & F.coalesce("_fill", F.lit(False)))
     epochs = F.concat(F.when(F.col("full_epochs") > 0, F.sequence(F.lit(0), F.col("full_epochs") - 1))
                       .otherwise(F.array().cast("array<int>")),
                       F.when(partial, F.array(F.col("full_epochs"))).otherwise(F.array().cast("array<int>")))
