@@ -110,7 +110,10 @@ def test_blend_is_deterministic_and_a_new_seed_draws_another_sample(lake_with_in
     runner = lake_with_inputs()
     runner.run(["corpus", "blend"])
     first = runner.lake.read("gold.mix").select("mix_id", "shuffle_key", "n_tokens").toPandas()
-    runner.run(["blend"])  # same inputs, same seed: the same mix, as a new version
+    _, [res] = runner.run(["blend"])  # same inputs and config: the blend is already there
+    assert res.pending == 0 and runner.lake.version("gold.mix") == 0
+    runner.lake.overwrite(runner.lake.read("gold.boostqa"), "gold.boostqa")  # a new input version, same rows
+    runner.run(["blend"])  # a new blend (new input version) with the same result, as a new mix version
     again = runner.lake.read("gold.mix").select("mix_id", "shuffle_key", "n_tokens").toPandas()
     assert runner.lake.version("gold.mix") == 1
     assert sorted(map(tuple, first.values)) == sorted(map(tuple, again.values))

@@ -115,7 +115,8 @@ def sample_transform(ctx: StageContext, seeds: DataFrame, weights: DataFrame | N
     # budgets count sampled tasks (attempt 0); check's booster retries come on top of them
     planned = existing.where(F.col("attempt") == 0) if existing is not None else None
     room = max(0, c.budget_qa - (planned.count() if planned is not None else 0))
-    order = Window.orderBy(F.col("_key").desc(), "plan_id")
+    # one global ranking over the candidates (small: seeds x roles); an explicit single partition
+    order = Window.partitionBy(F.lit(0)).orderBy(F.col("_key").desc(), "plan_id")
     ranked = rows.withColumn("_rank", F.row_number().over(order))
     chosen = F.col("_rank") <= F.lit(room)
     why = f"synthesis.budget_qa={c.budget_qa}"
