@@ -188,11 +188,10 @@ class Runner:
         """Required input tables that do not exist; all of them when every input is optional and
         none exists (nothing to work on)."""
         tables = {a: t for a, t in stage.input_specs(self.settings).items() if not t.startswith("files:")}
-        missing = [t for a, t in tables.items() if not self.lake.exists(t)]
-        required = [t for a, t in tables.items() if not stage.is_optional(a) and t in missing]
-        if tables and all(stage.is_optional(a) for a in tables) and len(missing) == len(tables):
-            return missing
-        return required
+        missing = {a: t for a, t in tables.items() if not self.lake.exists(t)}
+        if tables and len(missing) == len(tables) and all(map(stage.is_optional, tables)):
+            return list(missing.values())
+        return [t for a, t in missing.items() if not stage.is_optional(a)]
 
     def _ref(self, name: str, version: int | None = None) -> TableRef:
         version = self.lake.version(name) if version is None else version

@@ -40,7 +40,7 @@ def targets(settings, available: dict[tuple[str, str], int]) -> dict[tuple[str, 
     for c in b.components:
         want = b.target_tokens * c.ratio / total_ratio
         groups = {g: a for (name, g), a in available.items() if name == c.name}
-        named = {g: s for g, s in c.shares.items()}
+        named = c.shares
         if sum(named.values()) > 1 + 1e-9:
             raise StageError(f"blend component {c.name}: shares sum to {sum(named.values())} > 1")
         missing = [g for g in named if g not in groups]
@@ -146,8 +146,7 @@ def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
     fills = {(x["component"], x["grp"]): (x["_gap"], x["n_tokens"])
              for x in r.where(~F.col("_prefix") & (F.col("_fit") == 1))
              .select("component", "grp", "_gap", "n_tokens").collect()}
-    take = [(c, g) for c, g in fill_decisions(plan, fills)]
-    chosen = ctx.spark.createDataFrame(take or [("", "")], "component string, grp string") \
+    chosen = ctx.spark.createDataFrame(fill_decisions(plan, fills), "component string, grp string") \
         .withColumn("_fill", F.lit(True))
     r = r.join(F.broadcast(chosen), ["component", "grp"], "left")
     partial = F.col("_prefix") | (~F.col("_prefix") & (F.col("_fit") == 1) & F.coalesce("_fill", F.lit(False)))

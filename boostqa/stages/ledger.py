@@ -18,8 +18,9 @@ from boostqa.stages.base import Stage, StageContext
 from boostqa.stages.training import format_id, tokenizer_id, tokens_column
 
 DIMS = {"discipline": "string", "difficulty": "int", "mode": "string", "source": "string"}
-COLUMNS = ["ledger_id", "table_name", "table_version", "table_digest", "tokenizer", "format", "discipline",
-           "difficulty", "mode", "source", "records", "tokens", "run_id", "counted_at"]
+SCHEMA = ("ledger_id string, table_name string, table_version long, table_digest string, tokenizer string, "
+          "format string, discipline string, difficulty int, mode string, source string, records long, "
+          "tokens long, run_id string, counted_at timestamp")
 
 
 def _inputs(settings) -> dict[str, str]:
@@ -32,9 +33,10 @@ def _dim(df: DataFrame, name: str, expr: str | None):
     return (F.col(name) if name in df.columns else F.lit(None)).cast(DIMS[name])
 
 
-def counted(ctx: StageContext, table: str, df: DataFrame, template: str, dims: dict[str, str]) -> DataFrame:
-    """Ledger rows of one table version (one row per non-empty cell)."""
-    tok, fmt = tokenizer_id(ctx.settings), format_id(ctx.settings, template)
+def counted(ctx: StageContext, table: str, df: DataFrame, template: str, dims: dict[str, str],
+            tok: str) -> DataFrame:
+    """Ledger rows of one table version (one row per non-empty cell); ``tok``: the tokenizer fingerprint."""
+    fmt = format_id(ctx.settings, template)
     rows = df.select(*[_dim(df, d, dims.get(d)).alias(d) for d in DIMS],
                      tokens_column(ctx.settings, df, template, f"tokens.tables: {table}").alias("n"))
     agg = rows.groupBy(*DIMS).agg(F.count(F.lit(1)).alias("records"), F.sum("n").alias("tokens"))
@@ -43,8 +45,7 @@ def counted(ctx: StageContext, table: str, df: DataFrame, template: str, dims: d
                       *[F.coalesce(F.col(d).cast("string"), F.lit("\x00")) for d in DIMS])
     return agg.select(F.substring(F.sha2(key, 256), 1, 32).alias("ledger_id"), F.lit(table).alias("table_name"),
                       F.lit(version).cast("long").alias("table_version"), F.lit(digest).alias("table_digest"),
-                      F.lit(tok).alias("tokenizer"),
-                      F.lit(fmt).alias("format"), *DIMS, "records", F.col("tokens").cast("long").alias("tokens"),
+                      F.lit(tok).alias("tokenizer"), F.lit(fmt).alias("format"), *DIMS, "records", F.col("tokens").cast("long").alias("tokens"),
                       F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("counted_at"))
 
 
@@ -61,22 +62,15 @@ def prepare(ctx: StageContext, _driving: DataFrame | None) -> DataFrame:
         df = ctx.inputs.get(t.table)
         if df is None or (t.table, ctx.digests[t.table], tok, format_id(ctx.settings, t.template)) in done:
             continue
-        parts.append(counted(ctx, t.table, df, t.template, t.dims))
+        parts.append(counted(ctx, t.table, df, t.template, t.dims, tok))
     if not parts:
-        return ctx.spark.createDataFrame([], _schema())
+        return ctx.spark.createDataFrame([], SCHEMA)
     return ctx.checkpoint(reduce(DataFrame.unionByName, parts))
-
-
-def _schema() -> str:
-    return ("ledger_id string, table_name string, table_version long, table_digest string, tokenizer string, "
-            "format string, "
-            "discipline string, difficulty int, mode string, source string, records long, tokens long, "
-            "run_id string, counted_at timestamp")
 
 
 def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
     rows = tables[next(iter(_inputs(ctx.settings)))]  # the driving alias: the prepared ledger rows
-    return rows.select(*COLUMNS, F.lit(None).cast("string").alias("_reason"), F.lit(None).cast("string").alias("_detail"))
+    return rows.select("*", F.lit(None).cast("string").alias("_reason"), F.lit(None).cast("string").alias("_detail"))
 
 
 def report(staged: DataFrame) -> dict[str, float]:

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from boostqa.llm.client import Endpoint, Request, run_requests
+from boostqa.llm.prompts import Prompt, request_key
 from boostqa.stages.base import StageContext, StageError
 
 RESULT_FIELDS = [("request_key", T.StringType()), ("status", T.StringType()), ("raw", T.StringType()),
@@ -83,10 +84,37 @@ def outcome_columns() -> list:
             F.when(status != "ok", F.coalesce("parse_error", "error")).alias("_detail")]
 
 
-def call_columns() -> list:
-    """The call bookkeeping every LLM stage stages next to its rows (for ops.llm_calls and reports)."""
-    return ["_status", F.col("_fresh"), F.col("messages").alias("_messages"),
-            *[F.col(c).alias(f"_{c}") for c in RESULT_COLUMNS if c not in ("request_key", "status")]]
+_STAGED = [("status", T.StringType()), ("fresh", T.BooleanType()), ("messages", T.StringType()),
+           *[(n, t) for n, t in RESULT_FIELDS if n not in ("request_key", "status")]]
+
+
+def call_columns(prefix: str = "") -> list:
+    """The call bookkeeping every LLM stage stages next to its rows (for ops.llm_calls and reports),
+    from a call's ``_status``, ``_fresh``, ``messages`` and result columns. A second call in the
+    same stage stages them under ``prefix`` (``_<prefix>status``...), its request_key included."""
+    src = {"status": "_status", "fresh": "_fresh"}
+    cols = [F.col(src.get(n, n)).alias(f"_{prefix}{n}") for n, _ in _STAGED]
+    return [F.col("request_key").alias(f"_{prefix}request_key"), *cols] if prefix else cols
+
+
+def no_call_columns(prefix: str) -> list:
+    """call_columns(prefix) as nulls of the same types: a second call that was not made."""
+    return [F.lit(None).cast(t).alias(f"_{prefix}{n}") for n, t in [("request_key", T.StringType()), *_STAGED]]
+
+
+def render_requests(rows: DataFrame, key: str, ep: Endpoint, prompt: Prompt, fields: dict[str, str]) -> DataFrame:
+    """(key, messages, request_key) of each row rendered with ``prompt``: template field <- column.
+    Nothing is called; the request key is what ops.llm_calls is looked up by."""
+    params, names, columns = ep.params(), list(fields), list(fields.values())
+
+    def render(batches):
+        for pdf in batches:
+            msgs = [prompt.render(**dict(zip(names, values))) for values in zip(*(pdf[c] for c in columns))]
+            yield pd.DataFrame({key: pdf[key], "messages": [json.dumps(m, ensure_ascii=False) for m in msgs],
+                                "request_key": [request_key(ep.model, prompt, m, params) for m in msgs]})
+
+    schema = T.StructType([T.StructField(n, T.StringType()) for n in (key, "messages", "request_key")])
+    return rows.select(key, *dict.fromkeys(c for c in columns if c != key)).mapInPandas(render, schema)
 
 
 def call(ctx: StageContext, requests: DataFrame, ep: Endpoint, schema: Callable[[], type[BaseModel]],

@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from boostqa.stages.base import Stage, StageContext
+from boostqa.text.shards import sha256_file
 
 METADATA = ("mix_id", "component", "source_table", "source_version", "doc_id", "epoch", "n_tokens", "discipline",
             "difficulty", "mode", "llm_simulated")
@@ -49,7 +50,7 @@ def transform(ctx: StageContext, mix: DataFrame, **_: DataFrame) -> DataFrame:
     m = export(full, out, shard_tokens=e.shard_tokens, formats=tuple(e.formats), metadata_columns=METADATA,
                sources=sources, card_title=f"{e.title} (gold.mix version {version})", simulated=simulated,
                extra_manifest={"blend": ctx.settings.blend.model_dump(), "tokens": ctx.settings.tokens.model_dump()})
-    manifest_sha = hashlib.sha256(open(os.path.join(m.out_dir, "manifest.json"), "rb").read()).hexdigest()
+    manifest_sha = sha256_file(os.path.join(m.out_dir, "manifest.json"))
     totals = m.data["totals"]
     first = totals[e.formats[0]]
     ctx.extra.update({"export.files": float(sum(t["files"] for t in totals.values())),

@@ -351,16 +351,7 @@ def refine_model() -> type[BaseModel]:
 def refine_requests(ctx: StageContext, qa: DataFrame, **_: DataFrame) -> DataFrame:
     c = ctx.settings.refine
     ep = llm.endpoint(ctx, c.endpoint, start_simulator=False)
-    prompt, params = load_prompt(c.prompt), ep.params()
-
-    def render(batches):
-        for pdf in batches:
-            msgs = [prompt.render(question=q) for q in pdf["question"]]
-            yield pd.DataFrame({"qa_id": pdf["qa_id"], "messages": [json.dumps(m, ensure_ascii=False) for m in msgs],
-                                "request_key": [request_key(ep.model, prompt, m, params) for m in msgs]})
-
-    schema = T.StructType([T.StructField(n, T.StringType()) for n in ("qa_id", "messages", "request_key")])
-    return qa.select("qa_id", "question").mapInPandas(render, schema)
+    return llm.render_requests(qa, "qa_id", ep, load_prompt(c.prompt), {"question": "question"})
 
 
 def judge_model() -> type[BaseModel]:
@@ -377,17 +368,8 @@ def _judge(ctx: StageContext, undecided: DataFrame, calls: DataFrame | None) -> 
 
     j = ctx.settings.refine.judge
     ep, prompt = llm.endpoint(ctx, j.endpoint), load_prompt(j.prompt)
-    params = ep.params()
-
-    def render(batches):
-        for pdf in batches:
-            msgs = [prompt.render(question=q, draft=d, refined=r)
-                    for q, d, r in zip(pdf["question"], pdf["draft_answer"], pdf["answer"])]
-            yield pd.DataFrame({"qa_id": pdf["qa_id"], "messages": [json.dumps(m, ensure_ascii=False) for m in msgs],
-                                "request_key": [request_key(ep.model, prompt, m, params) for m in msgs]})
-
-    rschema = T.StructType([T.StructField(n, T.StringType()) for n in ("qa_id", "messages", "request_key")])
-    reqs = ctx.checkpoint(undecided.select("qa_id", "question", "draft_answer", "answer").mapInPandas(render, rschema))
+    reqs = ctx.checkpoint(llm.render_requests(undecided, "qa_id", ep, prompt,
+                                              {"question": "question", "draft": "draft_answer", "refined": "answer"}))
     results = llm.call(ctx, reqs, ep, judge_model, prompt.id, calls)
 
     def parse(batches):
@@ -408,10 +390,9 @@ def _judge(ctx: StageContext, undecided: DataFrame, calls: DataFrame | None) -> 
     r = reqs.join(results, "request_key").join(parsed, "request_key", "left")
     status = F.when(F.col("status") == "failed", "failed").when(F.col("judge_same").isNotNull(), "ok") \
         .otherwise("invalid")
-    return r.select("qa_id", "judge_same", "judge_reason", F.col("parse_error").alias("judge_parse_error"),
-                    F.col("request_key").alias(f"_{JUDGE}request_key"), status.alias(f"_{JUDGE}status"),
-                    F.col("_fresh").alias(f"_{JUDGE}fresh"), F.col("messages").alias(f"_{JUDGE}messages"),
-                    *[F.col(c).alias(f"_{JUDGE}{c}") for c in llm.RESULT_COLUMNS if c not in ("request_key", "status")])
+    return r.withColumn("_status", status).select(
+        "qa_id", "judge_same", "judge_reason", F.col("parse_error").alias("judge_parse_error"),
+        *llm.call_columns(JUDGE))
 
 
 def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None = None) -> DataFrame:
@@ -461,11 +442,7 @@ def refine_transform(ctx: StageContext, qa: DataFrame, calls: DataFrame | None =
     else:
         out = out.select("*", F.lit(None).cast("boolean").alias("judge_same"),
                          F.lit(None).cast("string").alias("judge_reason"),
-                         F.lit(None).cast("string").alias("judge_parse_error"),
-                         *[F.lit(None).cast(t).alias(f"_{JUDGE}{n}") for n, t in
-                           [("request_key", "string"), ("status", "string"), ("fresh", "boolean"),
-                            ("messages", "string")] +
-                           [(n, t.simpleString()) for n, t in llm.RESULT_FIELDS if n not in ("request_key", "status")]])
+                         F.lit(None).cast("string").alias("judge_parse_error"), *llm.no_call_columns(JUDGE))
     judged_ok = F.col(f"_{JUDGE}status") == "ok"
     consistency = F.when(judged_ok, F.when(F.col("judge_same"), "consistent").otherwise("inconsistent")) \
         .otherwise(F.col("rule_verdict"))

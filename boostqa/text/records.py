@@ -175,3 +175,39 @@ def parse_batch(pdf: pd.DataFrame, rules_by_source: dict[str, Rules]) -> pd.Data
             rec["_reason"], rec["_detail"] = r.reason, f"{locator}: {r.detail}"
         out.append(rec)
     return pd.DataFrame(out, columns=SEED_COLUMNS)
+
+
+DOCUMENT_COLUMNS = ["record_key", "source_row_id", "text", "_reason", "_detail"]
+
+
+def parse_documents(raw: pd.DataFrame, text_field: dict[str, str], id_field: dict[str, str | None]) -> pd.DataFrame:
+    """General-corpus raw records -> (record_key, source_row_id, text, _reason, _detail): one text
+    field per source (dotted paths allowed); a row without usable text gets a reason and a detail
+    naming source, file, row and field."""
+    out = []
+    for key, src, file, row, body, err in zip(raw["record_key"], raw["source"], raw["source_file"],
+                                              raw["source_row"], raw["raw"], raw["read_error"]):
+        where = f"{src}:{file}:{row}"
+        if err:
+            reason, _, detail = err.partition(":")
+            out.append((key, None, None, reason, f"{where}: {detail.strip() or reason}"))
+            continue
+        try:
+            rec = json.loads(body)
+        except ValueError as e:
+            out.append((key, None, None, "unparseable", f"{where}: {e}"))
+            continue
+        field = text_field[src]
+        text = _get(rec, field) if isinstance(rec, dict) else None
+        if not isinstance(rec, dict):
+            out.append((key, None, None, "not_an_object", f"{where}: a {type(rec).__name__}, not an object"))
+        elif text is _MISSING or text is None:
+            out.append((key, None, None, "missing_text", f"{where}: no field '{field}'"))
+        elif not isinstance(text, str):
+            out.append((key, None, None, "bad_text_type", f"{where}: field '{field}' is {type(text).__name__}"))
+        elif not text.strip():
+            out.append((key, None, None, "empty_text", f"{where}: field '{field}' is blank"))
+        else:
+            rid = _get(rec, id_field[src]) if id_field[src] else None
+            out.append((key, None if rid is None or rid is _MISSING else str(rid), text, None, None))
+    return pd.DataFrame(out, columns=DOCUMENT_COLUMNS)
