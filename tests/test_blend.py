@@ -42,7 +42,7 @@ def _docs(n: int) -> list[dict]:
 def lake_with_inputs(spark, make_settings, tmp_path):
     corpus = write_jsonl(tmp_path / "corpus" / "docs.jsonl", _docs(120) + [
         {"id": "no-text", "body": "x"}, {"id": "bad-type", "text": 42}, {"id": "blank", "text": "   "},
-        "not json at all", "[1, 2]"])
+        "not json at all", "[1, 2]", b'{"id": "latin1", "text": "caf\xe9"}'])
 
     def make(target: int = 20_000, ratios=(0.5, 0.5), **over):
         settings = make_settings(
@@ -70,13 +70,14 @@ def _recount(texts, eos=True) -> list[int]:
 def test_corpus_ingests_documents_and_quarantines_unusable_rows(lake_with_inputs):
     runner = lake_with_inputs()
     res = runner.run_stage(STAGES["corpus"], "r1")
-    assert (res.kept, res.rejected) == (120, 5)
+    assert (res.kept, res.rejected) == (120, 6)
     docs = {r.source_row_id: r for r in runner.lake.read("bronze.corpus").collect()}
     assert docs["doc-3"].text == _docs(4)[3]["text"] and docs["doc-3"].source_row == 4
     q = {r.source_row: (r.reason, r.detail) for r in runner.lake.read("quarantine.corpus").collect()}
     assert q[121] == ("missing_text", "docs:docs.jsonl:121: no field 'text'")
     assert q[122] == ("bad_text_type", "docs:docs.jsonl:122: field 'text' is int")
     assert q[123][0] == "empty_text" and q[124][0] == "unparseable" and q[125][0] == "not_an_object"
+    assert q[126][0] == "not_utf8" and q[126][1].startswith("docs:docs.jsonl:126: ")
     again = runner.run_stage(STAGES["corpus"], "r2")
     assert again.pending == 0 and runner.lake.read("bronze.corpus").count() == 120
 
@@ -233,3 +234,24 @@ def test_token_progress_and_the_tokens_command(lake_with_inputs, monkeypatch):
     assert r.exit_code == 0, r.output
     assert f"gold.boostqa: {qa_tokens:,} of 1,000,000 tokens" in r.stdout
     assert f"{p['seeds_needed']:,} more seeds" in r.stdout and "bronze.corpus" in r.stdout
+
+
+@pytest.mark.parametrize("qa, match", [
+    ({"by": "discipline", "shares": {"math": 0.7, "physics": 0.5}}, "shares sum to 1.2 > 1"),
+    ({"by": "discipline", "shares": {"chemistry": 0.2}}, r"no rows with discipline in \['chemistry'\]"),
+    ({"id_column": "no_such_id"}, "no id column 'no_such_id' in gold.boostqa"),
+    ({"template": "text"}, r"template '\{text\}' reads \['text'\], not columns of the table"),
+])
+def test_bad_blend_config_fails_with_the_component_named_and_writes_nothing(lake_with_inputs, qa, match):
+    runner = lake_with_inputs(qa=qa)
+    runner.run(["corpus"])
+    with pytest.raises((StageError, ValueError), match=match):
+        runner.run(["blend"])
+    assert not runner.lake.exists("gold.mix")
+
+
+def test_ledger_table_with_an_unknown_template_is_a_config_error(make_settings):
+    from boostqa.config import ConfigError
+
+    with pytest.raises(ConfigError, match="uses template 'chat', not in tokens.templates"):
+        make_settings(tokens={"tables": [{"table": "gold.boostqa", "template": "chat"}]})
