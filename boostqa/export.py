@@ -89,6 +89,31 @@ def export(df: DataFrame, out_dir: str, *, shard_tokens: int = 50_000_000, forma
     LLM simulator, and the card states it at the top. ``tasks`` sets how many buckets the prefix
     sum uses (default: spark.sql.shuffle.partitions); it never changes the output.
     """
+    formats, meta = _check_request(df, formats, metadata_columns, shard_tokens, mix_summary is None)
+    out_dir = os.path.abspath(out_dir)
+    _existing_manifest(out_dir)  # fail fast on a foreign non-empty directory, before any Spark work
+    tasks = tasks or _shuffle_partitions(df.sparkSession)
+
+    base = df.select(*dict.fromkeys(["text", *meta, "n_tokens", *ORDER]))
+    schema = pa.schema([pa.field(c, _arrow_type(base.schema[c].dataType)) for c in ["text", *meta]])
+    stats = _input_stats(base, df, mix_summary is None)
+    if stats["rows"] == 0:
+        raise ExportError("the input has no rows; refusing to publish an empty export")
+
+    data = _describe(stats, schema, shard_tokens=shard_tokens, formats=formats, meta=meta, sources=sources,
+                     mix_summary=mix_summary, card_title=card_title, simulated=simulated,
+                     extra_manifest=extra_manifest)
+    old = _existing_manifest(out_dir, data)
+    if old is not None:
+        return old
+    return _write_and_publish(base, stats, data, out_dir, schema=schema, formats=formats, meta=meta,
+                              shard_tokens=shard_tokens, tasks=tasks)
+
+
+def _check_request(df: DataFrame, formats: Sequence[str], metadata_columns: Sequence[str], shard_tokens: int,
+                   need_mix: bool) -> tuple[list[str], list[str]]:
+    """(formats, metadata columns) deduplicated in order; raises before any Spark work on a bad argument
+    or a missing column (component/epoch are needed only when the mix table is computed here)."""
     formats = list(dict.fromkeys(formats))
     meta = list(dict.fromkeys(metadata_columns))
     if not formats or set(formats) - set(FORMATS):
@@ -97,22 +122,19 @@ def export(df: DataFrame, out_dir: str, *, shard_tokens: int = 50_000_000, forma
         raise ExportError(f"shard_tokens must be positive, got {shard_tokens}")
     if "text" in meta:
         raise ExportError("'text' is always written first; leave it out of metadata_columns")
-    need = ["text", *meta, "n_tokens", *ORDER] + (["component", "epoch"] if mix_summary is None else [])
+    need = ["text", *meta, "n_tokens", *ORDER] + (["component", "epoch"] if need_mix else [])
     missing = [c for c in dict.fromkeys(need) if c not in df.columns]
     if missing:
         raise ExportError(f"input lacks columns {missing} (have {df.columns})")
-    out_dir = os.path.abspath(out_dir)
-    _existing_manifest(out_dir)  # fail fast on a foreign non-empty directory, before any Spark work
-    spark = df.sparkSession
-    tasks = tasks or _shuffle_partitions(spark)
+    return formats, meta
 
-    cols = list(dict.fromkeys(["text", *meta, "n_tokens", *ORDER]))
-    base = df.select(*cols)
-    schema = pa.schema([pa.field(c, _arrow_type(base.schema[c].dataType)) for c in ["text", *meta]])
-    stats = _input_stats(base, df, mix_summary is None)
-    if stats["rows"] == 0:
-        raise ExportError("the input has no rows; refusing to publish an empty export")
 
+def _describe(stats: dict, schema: pa.Schema, *, shard_tokens: int, formats: list[str], meta: list[str],
+              sources: Sequence[dict], mix_summary: list[dict] | None, card_title: str, simulated: bool,
+              extra_manifest: dict | None) -> dict:
+    """The manifest's MATCH_KEYS part: everything that decides the output, known before writing.
+
+    Returned in its JSON form, because that is what a rerun compares against."""
     data = {
         "format_version": FORMAT_VERSION, "title": card_title, "simulated": bool(simulated),
         "input": {k: stats[k] for k in ("rows", "tokens", "fingerprint")},
@@ -128,11 +150,13 @@ def export(df: DataFrame, out_dir: str, *, shard_tokens: int = 50_000_000, forma
         "mix": mix_summary if mix_summary is not None else stats["mix"],
         "extra": extra_manifest or {},
     }
-    data = json.loads(json.dumps(data, default=str))  # the JSON form is what a rerun compares against
-    old = _existing_manifest(out_dir, data)
-    if old is not None:
-        return old
+    return json.loads(json.dumps(data, default=str))
 
+
+def _write_and_publish(base: DataFrame, stats: dict, data: dict, out_dir: str, *, schema: pa.Schema,
+                       formats: list[str], meta: list[str], shard_tokens: int, tasks: int) -> Manifest:
+    """Write shards, manifest and card into a hidden sibling directory, then rename it to ``out_dir``,
+    so a crash never leaves a half export that looks finished."""
     parent, name = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex}")
@@ -142,14 +166,7 @@ def export(df: DataFrame, out_dir: str, *, shard_tokens: int = 50_000_000, forma
         rows = _shard_rows(base, stats, shard_tokens, tasks) \
             .groupBy("_shard").applyInArrow(_shard_writer(tmp, formats, meta, schema, width), STATS_SCHEMA).collect()
         files = _check_and_name(tmp, [r.asDict() for r in rows], formats, stats, width)
-        data = {"format_version": FORMAT_VERSION,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data,
-                "writer": {"pyarrow": pa.__version__, "zstandard": zstandard.__version__,
-                           "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)), "tasks": tasks},
-                "shards": len({f["shard"] for f in files}), "files": files,
-                "totals": {fmt: {"files": sum(f["format"] == fmt for f in files),
-                                 **{k: sum(f[k] for f in files if f["format"] == fmt)
-                                    for k in ("rows", "tokens", "bytes")}} for fmt in formats}}
+        data = _complete(data, files, formats, tasks)
         with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False, indent=2)
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
@@ -157,6 +174,18 @@ def export(df: DataFrame, out_dir: str, *, shard_tokens: int = 50_000_000, forma
         return _publish(tmp, out_dir, data)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; removes a failed attempt
+
+
+def _complete(data: dict, files: list[dict], formats: list[str], tasks: int) -> dict:
+    """The full manifest: ``data`` plus what only the write knows (time, library versions, files, totals)."""
+    return {"format_version": FORMAT_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **data,
+            "writer": {"pyarrow": pa.__version__, "zstandard": zstandard.__version__,
+                       "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)), "tasks": tasks},
+            "shards": len({f["shard"] for f in files}), "files": files,
+            "totals": {fmt: {"files": sum(f["format"] == fmt for f in files),
+                             **{k: sum(f[k] for f in files if f["format"] == fmt)
+                                for k in ("rows", "tokens", "bytes")}} for fmt in formats}}
 
 
 def _shuffle_partitions(spark) -> int:

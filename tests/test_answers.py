@@ -390,3 +390,22 @@ def test_compare_many_throughput(capsys):
     with capsys.disabled():
         print(f"\n[throughput] compare_many over {n:,} pairs, 1 process: {n / dt:,.0f} rows/s "
               f"({dt / n * 1e6:.1f} us/row); {counts}")
+
+
+@pytest.mark.parametrize("span,value,unit,number", [
+    ("-1.5/3", "-0.5", None, -0.5),  # a decimal ratio is a float, not an exact fraction
+    ("-6/8", "-3/4", None, -0.75),  # an integer ratio stays an exact, reduced fraction
+    ("-2.5", "-2.5", None, -2.5),
+    ("-1.2 \\times 10^{3}", "-1200", None, -1200.0),
+    ("5cm", "5", "cm", 5.0),  # a known unit symbol may be glued to the digits
+    ("1/2e3", None, None, None),  # an exponent on a ratio is not one number
+    ("1.5/0.0", None, None, None),
+    ("12% of it", None, None, None),  # nothing may follow a percentage
+])
+def test_number_forms_sign_and_tail(span, value, unit, number):
+    f = extract_final(f"The answer is \\boxed{{{span}}}")
+    if value is None:
+        assert f.kind != "number" and normalize_number(span) is None
+    else:
+        assert (f.kind, f.value, f.unit, f.number) == ("number", value, unit, number)
+        assert normalize_number(span) == number

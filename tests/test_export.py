@@ -297,3 +297,18 @@ def test_json_loader_needs_features_when_a_shard_column_is_all_null(tmp_path):
     features = datasets.Features({"text": datasets.Value("string"), "discipline": datasets.Value("string")})
     ds = datasets.load_dataset("json", data_files=files, features=features, split="train", cache_dir=cache + "2")
     assert ds["discipline"] == [None, "数学"]
+
+
+def test_bad_arguments_and_empty_input_are_refused(spark, tmp_path):
+    df = _df(spark, _mix_rows(20))
+    with pytest.raises(ExportError, match=r"must be a non-empty subset of \['jsonl.zst', 'parquet'\], got \[\]"):
+        export(df, str(tmp_path / "a"), formats=[], simulated=False)
+    with pytest.raises(ExportError, match=r"got \['csv'\]"):
+        export(df, str(tmp_path / "a"), formats=["csv", "csv"], simulated=False)
+    with pytest.raises(ExportError, match="shard_tokens must be positive, got 0"):
+        export(df, str(tmp_path / "a"), shard_tokens=0, simulated=False)
+    with pytest.raises(ExportError, match="'text' is always written first"):
+        export(df, str(tmp_path / "a"), metadata_columns=["mix_id", "text"], simulated=False)
+    with pytest.raises(ExportError, match="the input has no rows"):
+        export(df.limit(0), str(tmp_path / "a"), simulated=False)
+    assert os.listdir(tmp_path) == []

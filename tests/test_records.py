@@ -66,3 +66,15 @@ def test_parse_record_is_deterministic():
     a = parse_record('{"id": "x", "q": "a?", "a": "b"}', None, RULES, "s", "f:1")
     b = parse_record('{"a": "b", "q": "a?", "id": "x"}', None, RULES, "s", "f:2")
     assert a == b  # the id, not the position or key order, identifies a seed
+
+
+def test_choice_columns_and_answer_label():
+    rules = Rules(fields={"id": None, "question": "q", "answer": "label", "choices": None, "subject": None,
+                          "lang": None}, lang="en", require_answer=True, max_question_chars=100, max_answer_chars=5,
+                  max_choices=4, choices_fields=("A", "B", "C", "D"), answer_is_label=True)
+    r = verdict({"q": "Q?", "label": "b", "A": " one ", "B": " two ", "D": 4}, rules)
+    assert r["_reason"] is None and r["answer"] == "two" and list(r["choices"]) == ["one", "two", "4"]  # C absent
+    r = verdict({"q": "Q?", "label": "C", "A": "one", "B": "two"}, rules)
+    assert (r["_reason"], r["_detail"]) == ("wrong_type", "f.jsonl:7: answer label 'C' does not name one of 2 choices")
+    r = verdict({"q": "Q?", "label": "C", "A": "one", "B": "two", "C": "a long third"}, rules)
+    assert (r["_reason"], r["_detail"]) == ("too_long", "f.jsonl:7: answer has 12 chars > limit 5")  # the choice text

@@ -212,8 +212,8 @@ class AsyncLLM:
         return min(self.ep.backoff_max, self.ep.backoff_base * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
 
     async def call(self, req: Request) -> CallResult:
-        from openai import APIConnectionError, APIStatusError, APITimeoutError
-
+        """One request to its final CallResult: ``ok``, ``invalid`` after ``invalid_retries`` re-asks,
+        or ``failed`` (missing key, open circuit, non-retryable status, transport retries used up)."""
         ep, t0 = self.ep, time.monotonic()
         res = CallResult(req.key, "failed")
         if self._missing_key:
@@ -225,54 +225,88 @@ class AsyncLLM:
             if self.breaker.open:
                 res.error = f"circuit open: {self.breaker.failures} consecutive failed requests to {ep.name}"
                 break
-            if self.rpm:
-                await self.rpm.take(1)
-            if self.tpm:
-                await self.tpm.take(est_tokens)
+            await self._throttle(est_tokens)
             res.attempts += 1
-            kwargs: dict[str, Any] = dict(model=ep.model, messages=req.messages, temperature=ep.temperature,
-                                          max_tokens=ep.max_tokens)
-            if ep.top_p is not None:
-                kwargs["top_p"] = ep.top_p
-            if req.sample:  # distinct samples of one prompt must be distinct requests
-                kwargs["seed"] = req.sample
-            if self.format:
-                kwargs["response_format"] = self.format
-            try:
-                resp = await self.sdk.chat.completions.create(**kwargs)
-            except (APITimeoutError, APIConnectionError, APIStatusError, ValueError) as e:  # ValueError: broken body
-                status = getattr(e, "status_code", None)
-                res.http_status = status
-                res.error = _redact(f"{type(e).__name__}: {str(e)[:300]}", self._key)
-                retryable = status is None or status in RETRY_STATUS
-                if not retryable or transport >= ep.max_retries:
+            resp, retry = await self._send(self._request_kwargs(req), res, transport)
+            if resp is None:
+                if not retry:
                     break
-                await asyncio.sleep(self._delay(transport, e))
                 transport += 1
                 continue
-            choice = resp.choices[0]
-            msg = choice.message
-            res.raw, res.finish_reason, res.http_status = msg.content, choice.finish_reason, 200
-            res.simulated = res.simulated or getattr(resp, "system_fingerprint", None) == "boostqa-simulator"
-            extra = getattr(msg, "model_extra", None) or {}
-            res.reasoning = extra.get("reasoning_content") or getattr(msg, "reasoning_content", None)
-            if resp.usage:
-                res.prompt_tokens += resp.usage.prompt_tokens or 0
-                res.completion_tokens += resp.usage.completion_tokens or 0
-            try:
-                if choice.finish_reason == "length":
-                    raise ValueError("truncated: finish_reason=length")
-                res.parsed = parse_output(msg.content, self.schema)
-                res.status, res.error = "ok", None
+            if self._validate(self._read(resp, res), res) or invalid_left <= 0:
                 break
-            except ValueError as e:
-                res.status, res.error = "invalid", f"invalid output: {e}"
-                if invalid_left <= 0:
-                    break
-                invalid_left -= 1
+            invalid_left -= 1
         self.breaker.record(res.status != "failed")
         res.latency_ms = round((time.monotonic() - t0) * 1000, 1)
         return res
+
+    async def _throttle(self, est_tokens: float) -> None:
+        """Wait for the RPM and TPM buckets; every attempt pays, retries included."""
+        if self.rpm:
+            await self.rpm.take(1)
+        if self.tpm:
+            await self.tpm.take(est_tokens)
+
+    def _request_kwargs(self, req: Request) -> dict[str, Any]:
+        """The SDK arguments of one attempt; built per attempt so a step may change what the next one asks."""
+        ep = self.ep
+        kwargs: dict[str, Any] = dict(model=ep.model, messages=req.messages, temperature=ep.temperature,
+                                      max_tokens=ep.max_tokens)
+        if ep.top_p is not None:
+            kwargs["top_p"] = ep.top_p
+        if req.sample:  # distinct samples of one prompt must be distinct requests
+            kwargs["seed"] = req.sample
+        if self.format:
+            kwargs["response_format"] = self.format
+        return kwargs
+
+    async def _send(self, kwargs: dict[str, Any], res: CallResult, transport: int) -> tuple[Any, bool]:
+        """One SDK request: ``(response, False)``, or ``(None, retry?)`` after an error recorded on ``res``.
+
+        This is where the transport retry is decided: 408/409/429/5xx, timeouts, connection errors and
+        broken bodies are retried (after the backoff, slept here) until ``max_retries``; other statuses
+        (400/401/403/404/422) are final, since asking again cannot change the answer."""
+        from openai import APIConnectionError, APIStatusError, APITimeoutError
+
+        try:
+            return await self.sdk.chat.completions.create(**kwargs), False
+        except (APITimeoutError, APIConnectionError, APIStatusError, ValueError) as e:  # ValueError: broken body
+            status = getattr(e, "status_code", None)
+            res.http_status = status
+            res.error = _redact(f"{type(e).__name__}: {str(e)[:300]}", self._key)
+            retryable = status is None or status in RETRY_STATUS
+            if not retryable or transport >= self.ep.max_retries:
+                return None, False
+            await asyncio.sleep(self._delay(transport, e))
+            return None, True
+
+    @staticmethod
+    def _read(resp: Any, res: CallResult) -> Any:
+        """Copy what a reply says onto ``res`` (text, finish reason, reasoning, token usage summed over
+        attempts, simulator mark); returns the choice to validate."""
+        choice = resp.choices[0]
+        msg = choice.message
+        res.raw, res.finish_reason, res.http_status = msg.content, choice.finish_reason, 200
+        res.simulated = res.simulated or getattr(resp, "system_fingerprint", None) == "boostqa-simulator"
+        extra = getattr(msg, "model_extra", None) or {}
+        res.reasoning = extra.get("reasoning_content") or getattr(msg, "reasoning_content", None)
+        if resp.usage:
+            res.prompt_tokens += resp.usage.prompt_tokens or 0
+            res.completion_tokens += resp.usage.completion_tokens or 0
+        return choice
+
+    def _validate(self, choice: Any, res: CallResult) -> bool:
+        """Parse ``res.raw`` strictly into ``res``: True when ``ok``; False when ``invalid`` (truncated or
+        not matching the schema), which the caller may ask again."""
+        try:
+            if choice.finish_reason == "length":
+                raise ValueError("truncated: finish_reason=length")
+            res.parsed = parse_output(res.raw, self.schema)
+        except ValueError as e:
+            res.status, res.error = "invalid", f"invalid output: {e}"
+            return False
+        res.status, res.error = "ok", None
+        return True
 
 
 async def _run(ep: Endpoint, requests: Iterable[Request], schema: type[BaseModel] | None,

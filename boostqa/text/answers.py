@@ -266,72 +266,87 @@ def _parse_number(s: str, strict: bool) -> tuple[float, str, str | None] | None:
     m = _NUM.match(s)
     if m is None:
         return None
-    sign, fn, fd, fn1, fd1, num, den, exp, exp2, exp3, pct = m.groups()
-    neg = sign == "-"
-    if num is None:
-        p, q = (int(fn), int(fd)) if fn is not None else (int(fn1), int(fd1))
-        if q == 0:
-            return None
-        if neg:
-            p = -p
-        number, value = p / q, _frac(p, q)
-    else:
-        if "," in num:
-            num = num.replace(",", "")
-        exp = exp or exp2 or exp3
-        if den is not None:
-            if exp is not None:
-                return None
-            if "." in num or "." in den:
-                d = float(den)
-                if d == 0:
-                    return None
-                number = float(num) / d
-                if neg:
-                    number = -number
-                value = _fmt(number)
-            else:
-                p, q = int(num), int(den)
-                if q == 0:
-                    return None
-                if neg:
-                    p = -p
-                number, value = p / q, _frac(p, q)
-        elif exp is not None:
-            number = float(f"{num}e{exp}")
-            if neg:
-                number = -number
-            value = _fmt(number)
-        elif "." in num:
-            number = float(num)
-            if neg:
-                number = -number
-            value = _fmt(number)
-        else:
-            i = int(num)
-            if neg:
-                i = -i
-            number, value = float(i), str(i)
-    if not math.isfinite(number):
+    nv = _number_value(m)
+    if nv is None:
         return None
-    unit = None
-    if pct:
-        unit = "%"
-        value += "%"
+    number, value = nv
     rest = s[m.end():]
-    if rest and rest.strip(" .,;:!?"):
-        if unit is not None:
+    if m.group("pct"):  # a percentage takes no unit or prose after it
+        return None if _has_tail(rest) else (number, value + "%", "%")
+    ok, unit = _tail_unit(rest, strict)
+    return (number, value, unit) if ok else None
+
+
+def _number_value(m: re.Match) -> tuple[float, str] | None:
+    """(number, canonical value) of a ``_NUM`` match, sign applied; None when it is not one finite
+    number (a zero denominator, an exponent on a ratio "1/2e3", an overflow to inf)."""
+    sign, fn, fd, fn1, fd1, num, den, exp, exp2, exp3, _ = m.groups()
+    neg = sign == "-"
+    if num is not None:
+        r = _written_value(num.replace(",", "") if "," in num else num, den, exp or exp2 or exp3, neg)
+    elif fn is not None:  # \frac{p}{q}
+        r = _ratio(int(fn), int(fd), neg)
+    else:  # \frac12
+        r = _ratio(int(fn1), int(fd1), neg)
+    return r if r is not None and math.isfinite(r[0]) else None
+
+
+def _written_value(num: str, den: str | None, exp: str | None, neg: bool) -> tuple[float, str] | None:
+    """A number written in digits: integer, decimal, ``a/b`` or with an exponent.
+
+    Integer ratios stay exact fractions ("6/8" -> "3/4") so they compare by value, not by float."""
+    if den is not None:
+        if exp is not None:
             return None
-        um = _UNIT.fullmatch(rest)
-        if um is not None:
-            unit = um.group("unit").strip()
-            if not rest[0].isspace() and unit[0] != "°" and not ("\u4e00" <= unit[0] <= "\u9fff"):
-                head = _UNIT_HEAD.match(unit)
-                if head is None or head.group(0) not in _GLUED_UNITS:
-                    return None
-        elif strict or not _PROSE.match(rest) or any(c.isdigit() for c in rest):
-            return None
-    return number, value, unit
+        if "." in num or "." in den:
+            d = float(den)
+            return None if d == 0 else _signed(float(num) / d, neg)
+        return _ratio(int(num), int(den), neg)
+    if exp is not None:
+        return _signed(float(f"{num}e{exp}"), neg)
+    if "." in num:
+        return _signed(float(num), neg)
+    i = -int(num) if neg else int(num)
+    return float(i), str(i)
+
+
+def _ratio(p: int, q: int, neg: bool) -> tuple[float, str] | None:
+    """p/q as (float, reduced fraction); None for q == 0."""
+    if q == 0:
+        return None
+    if neg:
+        p = -p
+    return p / q, _frac(p, q)
+
+
+def _signed(x: float, neg: bool) -> tuple[float, str]:
+    """A float magnitude with its sign applied, and its canonical spelling."""
+    if neg:
+        x = -x
+    return x, _fmt(x)
+
+
+def _has_tail(rest: str) -> bool:
+    """Whether text after the number is more than closing punctuation."""
+    return bool(rest) and bool(rest.strip(" .,;:!?"))
+
+
+def _tail_unit(rest: str, strict: bool) -> tuple[bool, str | None]:
+    """(still a number?, unit) for the text after a number.
+
+    A unit glued to the digits must be a known symbol ("5cm" yes, "2x" no: that is algebra);
+    prose without digits is allowed only when not ``strict``."""
+    if not _has_tail(rest):
+        return True, None
+    um = _UNIT.fullmatch(rest)
+    if um is None:
+        return not (strict or not _PROSE.match(rest) or any(c.isdigit() for c in rest)), None
+    unit = um.group("unit").strip()
+    if not rest[0].isspace() and unit[0] != "°" and not ("\u4e00" <= unit[0] <= "\u9fff"):
+        head = _UNIT_HEAD.match(unit)
+        if head is None or head.group(0) not in _GLUED_UNITS:
+            return False, None
+    return True, unit
 
 
 def _frac(p: int, q: int) -> str:

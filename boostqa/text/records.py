@@ -87,7 +87,28 @@ def _label_to_choice(label: str, choices: list[str] | None) -> str:
 
 
 def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, locator: str) -> dict:
-    """One raw record -> seed fields; raises _Reject with a reason and a human detail."""
+    """One raw record -> seed fields; raises _Reject with a reason and a human detail.
+
+    The checks run in a fixed order (record, question, answer, choices, subject/lang, id, lengths),
+    so a row with several faults always gets the same, first, reason."""
+    rec = _load_object(raw, read_error)
+    f = rules.fields
+    q = _question(rec, f["question"] or "question")
+    answer = _optional_text(rec, f, "answer")
+    if rules.require_answer and answer is None:
+        raise _Reject("missing_answer", f"no answer in field {f.get('answer')!r} and the source requires one")
+    choices = _choices(rec, rules)
+    if rules.answer_is_label and answer is not None:
+        answer = _label_to_choice(answer, choices)
+    subject, lang = _optional_text(rec, f, "subject"), _optional_text(rec, f, "lang")
+    row_id = _row_id(rec, f.get("id"), locator)
+    _check_lengths(q, answer, rules)
+    return {"seed_uid": seed_uid(source, row_id), "source_row_id": row_id, "question": q, "answer": answer,
+            "choices": choices, "subject_hint": subject, "lang": lang or rules.lang}
+
+
+def _load_object(raw: str, read_error: str | None) -> dict:
+    """The record as a dict; a read error from the reader ("reason: detail") becomes its reject."""
     if read_error:
         reason, _, detail = read_error.partition(": ")
         raise _Reject(reason, detail or read_error)
@@ -97,68 +118,76 @@ def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, lo
         raise _Reject("unparseable", f"invalid JSON: {e}") from None
     if not isinstance(rec, dict):
         raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
-    f = rules.fields
+    return rec
 
-    q_path = f["question"] or "question"
-    q = _get(rec, q_path)
-    if q is _MISSING or q is None:
+
+def _lookup(rec: dict, path: str | None) -> Any:
+    """The value at a mapped path; None when the path is unmapped, absent from the record or null,
+    which every field treats alike."""
+    if not path:
+        return None
+    v = _get(rec, path)
+    return None if v is _MISSING else v
+
+
+def _question(rec: dict, q_path: str) -> str:
+    """The stripped question: the one field every seed must have, as a non-empty string (no number)."""
+    q = _lookup(rec, q_path)
+    if q is None:
         raise _Reject("missing_question", f"no question field {q_path!r}")
     if not isinstance(q, str):
         raise _Reject("wrong_type", f"field 'question' (from {q_path!r}) is {type(q).__name__}, expected string")
     q = q.strip()
     if not q:
         raise _Reject("empty_question", f"field {q_path!r} is empty")
+    return q
 
-    answer = None
-    if f.get("answer"):
-        a = _get(rec, f["answer"])
-        if a is not _MISSING and a is not None:
-            answer = _scalar_text(a, "answer", f["answer"]).strip() or None
-    if rules.require_answer and answer is None:
-        raise _Reject("missing_answer", f"no answer in field {f.get('answer')!r} and the source requires one")
 
-    choices = None
+def _optional_text(rec: dict, fields: dict[str, str | None], name: str) -> str | None:
+    """An optional scalar field (answer, subject, lang) as stripped text; None when unmapped, absent,
+    null or blank, so callers need one test for "no value"."""
+    path = fields.get(name)
+    v = _lookup(rec, path)
+    return None if v is None else _scalar_text(v, name, path).strip() or None
+
+
+def _choices(rec: dict, rules: Rules) -> list[str] | None:
+    """The answer options: one column per choice (``choices_fields``, absent ones skipped), or one
+    list/dict field (a dict's values in key order, "A", "B", ...), capped at ``max_choices``."""
     if rules.choices_fields:
         parts = [_get(rec, p) for p in rules.choices_fields]
-        choices = [_scalar_text(x, "choices[]", p).strip() for x, p in zip(parts, rules.choices_fields)
-                   if x is not _MISSING and x is not None]
-    elif f.get("choices"):
-        c = _get(rec, f["choices"])
-        if c is not _MISSING and c is not None:
-            if isinstance(c, dict):  # {"A": "...", "B": "..."}
-                c = [c[k] for k in sorted(c)]
-            if not isinstance(c, list):
-                raise _Reject("wrong_type", f"field 'choices' (from {f['choices']!r}) is {type(c).__name__}, expected list")
-            choices = [_scalar_text(x, "choices[]", f["choices"]) for x in c]
-            if len(choices) > rules.max_choices:
-                raise _Reject("wrong_type", f"{len(choices)} choices > limit {rules.max_choices}")
+        return [_scalar_text(x, "choices[]", p).strip() for x, p in zip(parts, rules.choices_fields)
+                if x is not _MISSING and x is not None]
+    path = rules.fields.get("choices")
+    c = _lookup(rec, path)
+    if c is None:
+        return None
+    if isinstance(c, dict):  # {"A": "...", "B": "..."}
+        c = [c[k] for k in sorted(c)]
+    if not isinstance(c, list):
+        raise _Reject("wrong_type", f"field 'choices' (from {path!r}) is {type(c).__name__}, expected list")
+    choices = [_scalar_text(x, "choices[]", path) for x in c]
+    if len(choices) > rules.max_choices:
+        raise _Reject("wrong_type", f"{len(choices)} choices > limit {rules.max_choices}")
+    return choices
 
-    if rules.answer_is_label and answer is not None:
-        answer = _label_to_choice(answer, choices)
 
-    subject = lang = None
-    for name in ("subject", "lang"):
-        if f.get(name):
-            v = _get(rec, f[name])
-            if v is not _MISSING and v is not None:
-                v = _scalar_text(v, name, f[name]).strip() or None
-                subject, lang = (v, lang) if name == "subject" else (subject, v)
+def _row_id(rec: dict, id_path: str | None, locator: str) -> str:
+    """The source's own id when it maps one (then it is required), else the file:row locator."""
+    if not id_path:
+        return locator
+    rid = _lookup(rec, id_path)
+    if rid is None or rid == "":
+        raise _Reject("missing_id", f"no id in field {id_path!r}")
+    return _scalar_text(rid, "id", id_path)
 
-    if f.get("id"):
-        rid = _get(rec, f["id"])
-        if rid is _MISSING or rid is None or rid == "":
-            raise _Reject("missing_id", f"no id in field {f['id']!r}")
-        row_id = _scalar_text(rid, "id", f["id"])
-    else:
-        row_id = locator
 
+def _check_lengths(q: str, answer: str | None, rules: Rules) -> None:
+    """Reject over-long text last, after the answer label has become the choice text it names."""
     if len(q) > rules.max_question_chars:
         raise _Reject("too_long", f"question has {len(q)} chars > limit {rules.max_question_chars}")
     if answer is not None and len(answer) > rules.max_answer_chars:
         raise _Reject("too_long", f"answer has {len(answer)} chars > limit {rules.max_answer_chars}")
-
-    return {"seed_uid": seed_uid(source, row_id), "source_row_id": row_id, "question": q, "answer": answer,
-            "choices": choices, "subject_hint": subject, "lang": lang or rules.lang}
 
 
 def parse_batch(pdf: pd.DataFrame, rules_by_source: dict[str, Rules]) -> pd.DataFrame:
