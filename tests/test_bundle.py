@@ -1,91 +1,104 @@
-"""databricks.yml stays in step with the code: job files, stage names, task parameters, DAG, targets.
-
-Plus the job entry points themselves (boostqa.jobs) and one real `jobs/ingest.py` run in a subprocess.
+"""The Databricks bundle (databricks.yml + the resources/*.yml it includes) stays in step with the code:
+wheel entry point, stage names, task parameters as Databricks passes them, DAG, environments, targets.
 """
 
 from __future__ import annotations
 
-import ast
-import os
 import re
-import shutil
-import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-from deltalake import DeltaTable
 
 from boostqa.config import load_settings
-from boostqa.jobs import overrides, parser
+from boostqa.jobs import overrides, parse
 from boostqa.stages import STAGES
-from tests.conftest import write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_FILE = REPO / "databricks.yml"
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}|\$\{([^}]*)\}")
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
 
 @pytest.fixture(scope="module")
 def bundle() -> dict:
-    return yaml.safe_load(BUNDLE_FILE.read_text(encoding="utf-8"))
+    """databricks.yml with the resources of every file its `include` globs name merged in (as the CLI
+    does); each job gets `_file`, the file it is declared in (its relative paths resolve against it)."""
+    root = yaml.safe_load(BUNDLE_FILE.read_text(encoding="utf-8"))
+    resources = root.setdefault("resources", {})
+    for pattern in root.get("include") or []:
+        files = sorted(BUNDLE_FILE.parent.glob(pattern))
+        assert files, f"databricks.yml includes {pattern!r}, which matches no file"
+        for path in files:
+            for kind, items in ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("resources") or {}).items():
+                declared = resources.setdefault(kind, {})
+                for name, spec in items.items():
+                    assert name not in declared, f"{path.name}: {kind}.{name} is declared twice"
+                    declared[name] = {**spec, "_file": path}
+    for spec in (resources.get("jobs") or {}).values():
+        spec.setdefault("_file", BUNDLE_FILE)
+    return root
 
 
 def _jobs(bundle: dict) -> dict[str, dict]:
     jobs = (bundle.get("resources") or {}).get("jobs") or {}
-    assert jobs, "databricks.yml declares no job"
+    assert jobs, "the bundle declares no job"
     return jobs
 
 
-def _python_tasks(bundle: dict) -> list[tuple[str, dict]]:
-    out = [(job, t) for job, spec in _jobs(bundle).items() for t in spec.get("tasks", []) if "spark_python_task" in t]
-    assert out, "no spark_python_task in databricks.yml"
+def _wheel_tasks(bundle: dict) -> list[tuple[str, dict, dict]]:
+    out = [(job, spec, t) for job, spec in _jobs(bundle).items() for t in spec.get("tasks", [])
+           if "python_wheel_task" in t]
+    assert out, "no python_wheel_task in the bundle"
     return out
 
 
-def _task_file(task: dict) -> Path:
-    return (BUNDLE_FILE.parent / task["spark_python_task"]["python_file"]).resolve()
+def task_argv(job: dict, task: dict) -> list[str]:
+    """The command line Databricks gives the wheel's entry point: `parameters` as they are, or
+    `named_parameters` plus the job parameters pushed down to it (a job parameter wins over a task
+    parameter of the same name), each as --name=value."""
+    wheel = task["python_wheel_task"]
+    if "parameters" in wheel:
+        assert "named_parameters" not in wheel, f"{task['task_key']}: parameters and named_parameters exclude each other"
+        return [str(p) for p in wheel["parameters"]]
+    named = {**(wheel.get("named_parameters") or {}),
+             **{p["name"]: p.get("default", "") for p in job.get("parameters", [])}}
+    return [f"--{name}={value}" for name, value in named.items()]
 
 
-def job_stage(path: Path) -> str | None:
-    """The stage a job file passes to boostqa.jobs.main (None: the multi-stage pipeline job)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    local = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-             and node.module == "boostqa.jobs" for a in node.names if a.name == "main"}
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and (
-        (isinstance(n.func, ast.Name) and n.func.id in local)
-        or (isinstance(n.func, ast.Attribute) and n.func.attr == "main"
-            and ast.unparse(n.func.value) in ("boostqa.jobs", "jobs")))]
-    assert len(calls) == 1, f"{path}: expected one call of boostqa.jobs.main, found {len(calls)}"
-    (call,) = calls
-    arg = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "stage"), None)
-    assert arg is None or isinstance(arg, ast.Constant), f"{path}: the stage must be a literal"
-    stage = None if arg is None else arg.value
-    assert stage is None or stage in STAGES, f"{path}: main({stage!r}) is not a stage; known: {list(STAGES)}"
-    return stage
+def task_stage(job: dict, task: dict) -> str:
+    """The one stage a task runs (its arguments parsed as boostqa-job parses them)."""
+    stages = parse(_dummy(task_argv(job, task))).stages
+    assert len(stages) == 1, f"{task['task_key']}: a task runs exactly one stage, got {stages or 'the whole pipeline'}"
+    return stages[0]
 
 
 def _dummy(params: list[str]) -> list[str]:
-    return [PLACEHOLDER.sub("x", str(p)) for p in params]
+    return [PLACEHOLDER.sub("x", p) for p in params]
 
 
 # ---------------------------------------------------------------------------------------------- tasks
-def test_python_files_exist_and_call_a_known_stage(bundle):
-    for job, task in _python_tasks(bundle):
-        path = _task_file(task)
-        assert path.is_file(), f"{job}.{task['task_key']}: {task['spark_python_task']['python_file']} is missing"
-        job_stage(path)
+def test_tasks_run_the_boostqa_job_entry_point_of_this_package(bundle):
+    scripts = PROJECT.get("scripts") or {}
+    for job, _, task in _wheel_tasks(bundle):
+        wheel = task["python_wheel_task"]
+        assert wheel["package_name"] == PROJECT["name"], f"{job}.{task['task_key']}: package {wheel['package_name']!r}"
+        assert scripts.get(wheel.get("entry_point")) == "boostqa.jobs:main", \
+            f"{job}.{task['task_key']}: entry point {wheel.get('entry_point')!r} is not boostqa.jobs:main in pyproject.toml"
+    for job, spec in _jobs(bundle).items():
+        other = [t["task_key"] for t in spec.get("tasks", []) if "python_wheel_task" not in t]
+        assert not other, f"{job}: tasks {other} do not run the wheel"
 
 
 def test_task_parameters_parse(bundle):
-    for job, task in _python_tasks(bundle):
-        stage = job_stage(_task_file(task))
-        params = _dummy(task["spark_python_task"].get("parameters", []))
+    for job, spec, task in _wheel_tasks(bundle):
+        params = _dummy(task_argv(spec, task))
         try:
-            args = parser(stage).parse_args(params)
+            args = parse(params)
         except SystemExit as e:
-            pytest.fail(f"{job}.{task['task_key']}: parameters {params} do not parse for stage {stage}: exit {e.code}")
+            pytest.fail(f"{job}.{task['task_key']}: parameters {params} do not parse: exit {e.code}")
+        assert len(args.stages) == 1, f"{job}.{task['task_key']}: names no single --stage"
         overrides(args.set)  # every --set is KEY=VALUE
         assert args.run_id, f"{job}.{task['task_key']}: tasks must share the job run id (--run-id)"
 
@@ -112,17 +125,17 @@ def test_task_parameters_resolve_to_valid_settings(bundle):
     for job, spec in _jobs(bundle).items():
         job_params = {p["name"]: p.get("default") for p in spec.get("parameters", [])}
         for task in spec.get("tasks", []):
-            if "spark_python_task" not in task:
+            if "python_wheel_task" not in task:
                 continue
-            stage = job_stage(_task_file(task))
             for target_name, target in targets.items():
-                params = [resolve(str(p), job_params, target) for p in task["spark_python_task"].get("parameters", [])]
-                args = parser(stage).parse_args(params)
+                args = parse([resolve(p, job_params, target) for p in task_argv(spec, task)])
                 assert args.profile and (REPO / "conf" / f"{args.profile}.yaml").is_file(), \
                     f"{job}.{task['task_key']} [{target_name}]: profile {args.profile!r} has no conf file"
                 s = load_settings(args.profile, directory=REPO / "conf", overrides=overrides(args.set), environ={})
                 if target_name in ("dev", "prod"):
-                    assert s.lake.catalog == (target.get("variables") or {}).get("catalog", variables.get("catalog"))
+                    expected = (target.get("variables") or {}).get("catalog", variables.get("catalog"))
+                    assert s.lake.catalog == expected, \
+                        f"{job}.{task['task_key']} [{target_name}]: catalog {s.lake.catalog!r}, expected {expected!r}"
 
 
 def test_depends_on_names_tasks_of_the_same_job(bundle):
@@ -138,18 +151,38 @@ def test_depends_on_names_tasks_of_the_same_job(bundle):
                 assert t["environment_key"] in envs, f"{job}.{t['task_key']}: unknown environment"
 
 
+def test_environments_install_the_bundle_wheel(bundle):
+    """A wheel task's environment installs the wheel the bundle's artifact builds (pip wheel -w dist)."""
+    artifacts = bundle.get("artifacts") or {}
+    assert any(a.get("type") == "whl" and "-w dist" in a.get("build", "") and
+               (BUNDLE_FILE.parent / a.get("path", ".")).resolve() == REPO for a in artifacts.values()), \
+        "no whl artifact builds this project into dist/"
+    for job, spec in _jobs(bundle).items():
+        envs = {e["environment_key"]: e.get("spec") or {} for e in spec.get("environments", [])}
+        for t in spec.get("tasks", []):
+            if "python_wheel_task" not in t:
+                continue
+            env = envs.get(t.get("environment_key"))
+            assert env is not None, f"{job}.{t['task_key']}: a wheel task needs an environment with the wheel"
+            wheels = [(spec["_file"].parent / d).resolve() for d in env.get("dependencies", []) if d.endswith(".whl")]
+            assert REPO / "dist" / "*.whl" in wheels, \
+                f"{job}.{t['task_key']}: environment dependencies {env.get('dependencies')} miss dist/*.whl " \
+                f"(paths are relative to {spec['_file'].name})"
+            assert "client" not in env and env.get("environment_version"), \
+                f"{job}: environment spec needs environment_version (client is deprecated)"
+
+
 def test_every_stage_has_a_task_in_pipeline_order(bundle):
     for job, spec in _jobs(bundle).items():
         tasks = {t["task_key"]: t for t in spec.get("tasks", [])}
         by_stage: dict[str, str] = {}
         for key, t in tasks.items():
-            if "spark_python_task" in t:
-                stage = job_stage(_task_file(t))
-                if stage is not None:
-                    assert stage not in by_stage, f"{job}: stage {stage} runs in two tasks"
-                    by_stage[stage] = key
+            if "python_wheel_task" in t:
+                stage = task_stage(spec, t)
+                assert stage not in by_stage, f"{job}: stage {stage} runs in two tasks"
+                by_stage[stage] = key
         missing = [s for s in STAGES if s not in by_stage]
-        assert not missing, f"{job}: no task for stage(s) {missing}: add jobs/<stage>.py and a task"
+        assert not missing, f"{job}: no task for stage(s) {missing}: add a task with named_parameters: {{stage: ...}}"
 
         def upstream(key: str, seen: set[str] | None = None) -> set[str]:
             seen = set() if seen is None else seen
@@ -184,56 +217,5 @@ def test_targets_and_schedule(bundle):
         assert len(fields) in (6, 7), f"{job}: {cron!r} is not a quartz expression (sec min hour dom month dow [year])"
         assert "?" in (fields[3], fields[5]), f"{job}: quartz needs '?' in day-of-month or day-of-week: {cron!r}"
         assert schedule.get("timezone_id")
-
-
-# ---------------------------------------------------------------------------------------------- jobs.py
-def test_overrides_nest_and_parse_yaml_values():
-    assert overrides(["lake.catalog=dev", "runner.chunk_rows=5000"]) == \
-        {"lake": {"catalog": "dev"}, "runner": {"chunk_rows": 5000}}
-    assert overrides(["tracking.enabled=false", "lake.root=s3://b/p=1"]) == \
-        {"tracking": {"enabled": False}, "lake": {"root": "s3://b/p=1"}}
-    assert overrides([]) == {}
-
-
-@pytest.mark.parametrize("bad", ["lake.catalog", "=dev", ""])
-def test_malformed_set_raises_system_exit(bad):
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        overrides([bad])
-
-
-def test_parser_per_stage():
-    args = parser("ingest").parse_args(["--profile", "p", "--run-id", "r", "--set", "a=1", "--set", "b.c=2"])
-    assert (args.profile, args.run_id, args.set, args.max_chunks) == ("p", "r", ["a=1", "b.c=2"], None)
-    with pytest.raises(SystemExit):
-        parser("ingest").parse_args(["--stages", "ingest"])  # only the pipeline job takes --stages
-    assert parser(None).parse_args(["--stages", "ingest"]).stages == "ingest"
-
-
-# ---------------------------------------------------------------------------------------------- end to end
-def test_ingest_job_end_to_end(tmp_path):
-    conf, data = tmp_path / "conf", tmp_path / "data"
-    shutil.copytree(REPO / "conf", conf)
-    write_jsonl(data / "a.jsonl", [{"id": "a1", "question": "2+2?", "answer": "4"},
-                                   {"id": "a2", "question": "3+3?", "answer": "6"},
-                                   "{not json",
-                                   {"id": "a4", "question": "", "answer": "x"}])
-    write_jsonl(data / "b.jsonl", [{"id": "b1", "question": "Capital of France?", "answer": "Paris"}])
-    (conf / "jobtest.yaml").write_text(
-        "sources:\n"
-        f"  - {{name: alpha, path: '{data / 'a.jsonl'}', fields: {{id: id}}}}\n"
-        f"  - {{name: beta, path: '{data / 'b.jsonl'}', fields: {{id: id}}}}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOSTQA")}
-    env["BOOSTQA_CONF_DIR"] = str(conf)
-    cmd = [sys.executable, "jobs/ingest.py", "--profile", "jobtest", "--run-id", "job-test-1",
-           "--set", f"lake.root={tmp_path / 'lake'}", "--set", f"runs_dir={tmp_path / 'runs'}"]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "[ingest] pending 5 kept 3 rejected 2 deferred 0 chunks 1/1" in p.stdout, p.stdout
-
-    bronze = DeltaTable(str(tmp_path / "lake" / "bronze" / "seeds")).to_pyarrow_table()
-    assert bronze.num_rows == 3
-    assert set(bronze.column("run_id").to_pylist()) == {"job-test-1"}
-    assert sorted(bronze.column("source_row_id").to_pylist()) == ["a1", "a2", "b1"]
-    quarantine = DeltaTable(str(tmp_path / "lake" / "quarantine" / "seeds")).to_pyarrow_table()
-    assert sorted(quarantine.column("reason").to_pylist()) == ["empty_question", "unparseable"]
-    assert (tmp_path / "runs" / "mlflow.db").is_file()  # --set runs_dir reached the tracker
+        assert schedule.get("pause_status") == "PAUSED", f"{job}: paused unless a target unpauses it (dev stays paused)"
+        assert spec.get("max_concurrent_runs") == 1, f"{job}: stages are single-writer per output table"

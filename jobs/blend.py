@@ -1,7 +1,0 @@
-"""Job: the blend stage. spark-submit jobs/blend.py --profile P --run-id ID"""
-import sys
-
-from boostqa.jobs import main
-
-if __name__ == "__main__":
-    sys.exit(main("blend"))
