@@ -15,8 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boostqa needs Python 3.11+, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0   # the CPU wheel, before anything asks for torch
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,embed,notebooks]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,notebooks]'
 	@touch $@
 
 assets: setup

@@ -37,6 +37,13 @@ def _runner(settings: Settings, progress=None):
     return Runner(settings, progress=progress)
 
 
+def _session(profile: str | None):
+    """Spark + lake for commands that only read tables (no runner, no MLflow)."""
+    from boostqa.runner import Session
+
+    return Session(_settings(profile))
+
+
 def _fail(msg: str) -> None:
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -119,7 +126,7 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
     if settings.tracking.enabled:
         console.print(f"MLflow: {settings.tracking_uri()}  experiment {settings.tracking.experiment!r}, "
                       f"pipeline run {run_id}  (boostqa lineage {run_id})")
-    simulated = [r.stage for r in results if r.extra.get("llm_simulated")]
+    simulated = [r.stage for r in results if r.stats.get("llm_simulated")]
     if simulated:
         console.print(f"[bold yellow]SIMULATED LLM: {', '.join(simulated)} got their answers from boostqa's "
                       "simulator, not a real model (rows are labelled llm_simulated = true)[/]")
@@ -136,7 +143,7 @@ def list_stages():
     for i in (0, 2, 3, 4):  # names stay whole; inputs and descriptions wrap
         table.columns[i].no_wrap = True
     for s in STAGES.values():
-        inputs = "(the tables in tokens.tables)" if callable(s.inputs) else ", ".join(s.inputs.values())
+        inputs = "(the tables in its config)" if callable(s.inputs) else ", ".join(s.inputs.values())
         table.add_row(s.name, inputs, s.output, s.rejects or "", ",".join(s.key), s.description)
     console.print(table)
 
@@ -146,10 +153,10 @@ def list_stages():
 @_guard
 def tables(profile: ProfileOpt = None):
     """Every lake table with its Delta version, rows, files and size."""
-    runner = _runner(_settings(profile))
+    lake = _session(profile).lake
     table = Table("table", "version", "rows", "files", "size", "location")
-    for name in runner.lake.tables():
-        i = runner.lake.info(name)
+    for name in lake.tables():
+        i = lake.info(name)
         table.add_row(i.name, str(i.version), f"{i.rows:,}", str(i.files), _human_bytes(i.size_bytes), i.location)
     console.print(table)
 
@@ -182,9 +189,9 @@ def sql(query: Annotated[str, typer.Argument(help="Spark SQL; lake tables by log
         profile: ProfileOpt = None, fmt: FormatOpt = "table",
         limit: Annotated[int, typer.Option(help="max rows printed")] = 1000):
     """Run Spark SQL over the lake (every table registered under its logical name)."""
-    runner = _runner(_settings(profile))
-    runner.lake.register_sql_names()
-    _print_df(runner.spark.sql(query).limit(limit).toPandas(), fmt)
+    session = _session(profile)
+    session.lake.register_sql_names()
+    _print_df(session.spark.sql(query).limit(limit).toPandas(), fmt)
 
 
 @app.command()
@@ -194,11 +201,11 @@ def show(table: str, profile: ProfileOpt = None,
          where: Annotated[str | None, typer.Option(help="SQL filter")] = None,
          limit: int = 20, fmt: FormatOpt = "table"):
     """Rows of a table, optionally at an older version."""
-    runner = _runner(_settings(profile))
-    df = runner.lake.read(table, version)
+    lake = _session(profile).lake
+    df = lake.read(table, version)
     if where:
         df = df.where(where)
-    v = version if version is not None else runner.lake.version(table)
+    v = version if version is not None else lake.version(table)
     _print_df(df.limit(limit).toPandas(), fmt, title=f"{table} @ version {v}")
 
 
@@ -208,9 +215,9 @@ def history(table: str, profile: ProfileOpt = None, limit: int = 20):
     """Delta commit history of a table (newest first)."""
     from datetime import datetime, timezone
 
-    runner = _runner(_settings(profile))
+    lake = _session(profile).lake
     t = Table("version", "timestamp (UTC)", "operation", "parameters", "metrics")
-    for h in runner.lake.history(table, limit):
+    for h in lake.history(table, limit):
         ts = h.get("timestamp")
         if isinstance(ts, (int, float)):
             ts = datetime.fromtimestamp(ts / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -241,8 +248,8 @@ def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
 @_guard
 def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help="example rows per section")] = 3):
     """What dedup and decontamination removed and why: counts per reason, benchmark and method."""
-    runner = _runner(_settings(profile))
-    lake, spark = runner.lake, runner.spark
+    session = _session(profile)
+    lake, spark = session.lake, session.spark
     lake.register_sql_names()
     if lake.exists("quarantine.duplicates"):
         _print_df(spark.sql("select reason, count(*) as seeds, round(min(similarity), 3) as min_similarity "
@@ -268,7 +275,7 @@ def report(profile: ProfileOpt = None):
     """Synthesis report: degradation matrix, booster effect, refinement, rejections, calls and tokens."""
     from boostqa.reports import synthesis_report
 
-    rep = synthesis_report(_runner(_settings(profile)).lake)
+    rep = synthesis_report(_session(profile).lake)
     _print_df(rep["degradation_matrix"], "table", title="degradation: requested level x re-annotated level")
     b = rep["booster"]
     if b:
@@ -293,8 +300,8 @@ def tokens(profile: ProfileOpt = None,
     """Token ledger (newest counted version of each table) and progress toward the token budget."""
     from boostqa.reports import ledger, token_progress
 
-    settings = _settings(profile)
-    lake = _runner(settings).lake
+    session = _session(profile)
+    settings, lake = session.settings, session.lake
     led = ledger(lake)
     if led.empty:
         _fail("no gold.token_ledger yet: run `boostqa run ledger` (or the pipeline) first")
@@ -340,7 +347,7 @@ def llm_sim(port: int = 8000, host: str = "127.0.0.1",
     """Run boostqa's OpenAI-compatible LLM SIMULATOR (deterministic, fake outputs) until Ctrl-C."""
     import os
 
-    from boostqa.llm.simulator import main_from_args
+    from boostqa.llm.sim import main_from_args
 
     main_from_args(host=host, port=port, latency_ms=latency_ms, fault_rate=fault_rate, max_in_flight=max_in_flight,
                    api_key=os.environ.get(api_key_env) if api_key_env else None, seed=seed)

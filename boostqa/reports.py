@@ -1,7 +1,8 @@
 """Synthesis reports (BoostQA's numbers): degradation matrix, booster effect, refinement, rejections.
 
 Read from the tables, so they describe the lake as it is (every run so far), and are printed by
-`boostqa report` and logged to MLflow after a pipeline run that reached the gate.
+`boostqa report`; a stage that names a report in ``Stage.reports`` gets it logged to MLflow with
+its run (the gate names ``synthesis``: ``synthesis_report.json``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def synthesis_report(lake: Lake) -> dict:
     return {"degradation_matrix": degradation_matrix(lake), "booster": booster_effect(lake),
             "refinement": refinement(lake), "rejections": rejections(lake), "usage": usage(lake),
             "gold_by_mode": gold_by_mode(lake)}
+
+
+REPORTS = {"synthesis": synthesis_report}  # name -> lake -> report (Stage.reports)
 
 
 def as_jsonable(report: dict) -> dict:

@@ -8,7 +8,10 @@ For each stage:
    once, materialise its result in staging, check it (no row lost, unique keys), then commit
    kept rows to the output and rejected rows to the rejects table with insert-only MERGEs on
    the key. A crash loses at most the chunk in flight; a rerun never duplicates a row;
-4. record rows in/out, rejections by reason, chunks and throughput per stage.
+4. record rows in/out, rejections by reason, chunks, throughput and whatever the stage put in
+   ``ctx.stats`` (metrics, tags, artifacts), plus the lake reports it names.
+
+The runner knows no stage by name: everything stage-specific is in the Stage declaration.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from boostqa.config import Settings
 from boostqa.engine import get_spark
 from boostqa.lake import Lake
 from boostqa.stages import STAGES, resolve
-from boostqa.stages.base import Stage, StageContext, StageError
-from boostqa.tracking import SIMULATED_TAG, TableRef, Tracker
+from boostqa.stages.base import Stage, StageContext, StageError, Stats
+from boostqa.tracking import TableRef, Tracker
 
 
 @dataclass
@@ -70,7 +73,7 @@ class StageResult:
     inputs: list[TableRef] = field(default_factory=list)
     outputs: list[TableRef] = field(default_factory=list)
     mlflow_run_id: str | None = None
-    extra: dict[str, float] = field(default_factory=dict)  # stage-specific metrics (Stage.report)
+    stats: Stats = field(default_factory=Stats)  # what the stage reported (ctx.stats)
     skipped: str | None = None  # why a pipeline run did not run this stage
 
     @property
@@ -84,7 +87,7 @@ class StageResult:
              "rows_per_second": round((self.kept + self.rejected + self.deferred) / self.seconds, 2)
              if self.seconds else 0.0}
         m.update({f"rejected.{k}": v for k, v in self.rejected_by_reason.items()})
-        m.update(self.extra)
+        m.update(self.stats.metrics())
         return m
 
 
@@ -92,15 +95,40 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-class Runner:
-    def __init__(self, settings: Settings, spark=None, tracker: Tracker | None = None,
-                 progress: ProgressFn | None = None):
+class Session:
+    """One settings with its Spark session, lake and (lazily) MLflow tracker: what the CLI,
+    planning and the runner share. Reading tables needs no runner."""
+
+    def __init__(self, settings: Settings, spark=None, tracker: Tracker | None = None):
         self.settings = settings
         self.spark = spark or get_spark(settings.engine)
         self.lake = Lake(self.spark, settings.lake, settings.runner.commit_retries)
-        self.tracker = tracker or Tracker(settings.tracking_uri(), settings.tracking.experiment,
-                                          settings.tracking.enabled)
+        self._tracker = tracker
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            s = self.settings
+            self._tracker = Tracker(s.tracking_uri(), s.tracking.experiment, s.tracking.enabled)
+        return self._tracker
+
+    def ref(self, name: str, version: int | None = None) -> TableRef:
+        """A table at a version (default: current) with its location and content digest."""
+        version = self.lake.version(name) if version is None else version
+        return TableRef(name, self.lake.location(name), version,
+                        self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode)
+
+
+class Runner:
+    def __init__(self, settings: Settings, spark=None, tracker: Tracker | None = None,
+                 progress: ProgressFn | None = None, session: Session | None = None):
+        self.session = session or Session(settings, spark, tracker)
         self.progress = progress or (lambda p: None)
+
+    settings = property(lambda self: self.session.settings)
+    spark = property(lambda self: self.session.spark)
+    lake = property(lambda self: self.session.lake)
+    tracker = property(lambda self: self.session.tracker)
 
     # ------------------------------------------------------------------ pipeline
     def run(self, stage_names: list[str] | None = None, run_id: str | None = None,
@@ -117,7 +145,7 @@ class Runner:
         with self.tracker.pipeline(run_id, {"boostqa.profile": self.settings.profile}):
             self.tracker.log_dict(self.settings.redacted(), "settings.json")
             for stage in stages:
-                missing = self._missing_inputs(stage)
+                missing = self.missing_inputs(stage)
                 if missing and skip_missing:  # say why, and go on
                     results.append(StageResult(stage.name, skipped=f"no input table {', '.join(missing)} "
                                                                     "(nothing upstream produced it)"))
@@ -126,65 +154,9 @@ class Runner:
                 results.append(result)
                 if not result.complete:
                     break  # later stages would read a half-done table
-            if any(r.stage == "gate" and not r.skipped for r in results):
-                from boostqa.reports import as_jsonable, synthesis_report
-
-                self.tracker.log_dict(as_jsonable(synthesis_report(self.lake)), "synthesis_report.json")
         return run_id, results
 
-    # ------------------------------------------------------------------ one stage
-    def run_stage(self, stage: Stage, run_id: str, max_chunks: int | None = None) -> StageResult:
-        lake, t0 = self.lake, time.monotonic()
-        result = StageResult(stage.name)
-        staging = lake.staging_path(stage.name, run_id)
-        ctx = StageContext(self.spark, self.settings, run_id, stage, checkpoint=self._checkpointer(staging))
-        params = {"stage": stage.name, "run_id": run_id, "chunk_rows": self.settings.runner.chunk_rows,
-                  "config": stage.config(self.settings) if stage.config else {}}
-        with self.tracker.stage(stage.name, params) as mlflow_run:
-            result.mlflow_run_id = mlflow_run
-            inputs = self._pin_inputs(stage, staging, result, ctx)
-            specs = stage.input_specs(self.settings)
-            driving_alias = next(iter(specs))
-            driving = inputs[driving_alias]
-            ctx.inputs = inputs
-            if stage.reads_output and lake.exists(stage.output):
-                ctx.existing = lake.read(stage.output)
-            if stage.prepare:
-                driving = stage.prepare(ctx, driving)
-            pending = driving if stage.mode == "overwrite" else self._pending(stage, driving)
-            buckets, chunks = self._plan_chunks(stage, pending)
-            result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
-            for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
-                if max_chunks is not None and i >= max_chunks:
-                    break
-                chunk = pending if chunk_id is None else pending.where(_bucket(stage, buckets) == chunk_id)
-                args = dict(inputs, **{driving_alias: chunk})
-                if stage.reads_output:
-                    args["existing"] = lake.read(stage.output) if lake.exists(stage.output) else None
-                for alias in stage.live_inputs:
-                    table = specs[alias]
-                    args[alias] = lake.read(table) if lake.exists(table) else None
-                self._commit_chunk(stage, ctx, rows, args, f"{staging}/chunk-{i:05d}", result)
-                result.chunks_done += 1
-                result.seconds = time.monotonic() - t0
-                done = result.kept + result.rejected + result.deferred
-                self.progress(Progress(stage.name, result.chunks_done, result.chunks_total, done, result.pending,
-                                       result.kept, result.rejected, result.deferred, result.seconds))
-            result.seconds = time.monotonic() - t0
-            for name, ctx_name in ((stage.output, "output"), (stage.rejects, "rejects")):
-                if name and lake.exists(name):
-                    ref = self._ref(name)
-                    result.outputs.append(ref)
-                    self.tracker.log_table(ref, ctx_name)
-            self.tracker.log_metrics(result.metrics())
-            tags = {"boostqa.complete": str(result.complete).lower()}
-            if result.extra.get("llm_simulated"):
-                tags[SIMULATED_TAG] = "true"  # outputs came from boostqa's simulator, not a model
-            self.tracker.set_tags(tags)
-        _remove(staging)
-        return result
-
-    def _missing_inputs(self, stage: Stage) -> list[str]:
+    def missing_inputs(self, stage: Stage) -> list[str]:
         """Required input tables that do not exist; all of them when every input is optional and
         none exists (nothing to work on)."""
         tables = {a: t for a, t in stage.input_specs(self.settings).items() if not t.startswith("files:")}
@@ -193,34 +165,115 @@ class Runner:
             return list(missing.values())
         return [t for a, t in missing.items() if not stage.is_optional(a)]
 
-    def _ref(self, name: str, version: int | None = None) -> TableRef:
-        version = self.lake.version(name) if version is None else version
-        return TableRef(name, self.lake.location(name), version,
-                        self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode)
-
-    def _pin_inputs(self, stage: Stage, staging: str, result: StageResult,
-                    ctx: StageContext) -> dict[str, DataFrame | None]:
-        inputs = {}
+    # ------------------------------------------------------------------ one stage
+    def context(self, stage: Stage, run_id: str, staging: str | None = None) -> StageContext:
+        """The stage's view of the world: its declared settings, every input pinned at its
+        current version (source files read into ``staging``) and the output so far."""
+        staging = staging or self.lake.staging_path(stage.name, run_id)
+        ctx = StageContext(self.spark, stage.settings_view(self.settings), run_id, stage,
+                           checkpoint=self._checkpointer(staging))
         for alias, spec in stage.input_specs(self.settings).items():
             if spec.startswith("files:"):
-                raw_path = f"{staging}/raw.parquet"
-                declared = getattr(self.settings, spec.split(":", 1)[1])
-                files, _ = sources.write_raw(declared, self.settings.cache_dir(), raw_path)
-                for f in files:
-                    self.tracker.log_file(f"{f.source}/{f.rel}", str(f.path), f.sha256[:16])
-                inputs[alias] = self.spark.read.parquet(raw_path)
+                ctx.inputs[alias] = self._read_files(spec, f"{staging}/raw.parquet", ctx)
             elif stage.is_optional(alias) and not self.lake.exists(spec):
-                inputs[alias] = None
+                ctx.inputs[alias] = None
             else:
-                ref = self._ref(spec)
+                ref = self.session.ref(spec)
                 if ref.version is None:
                     raise StageError(f"stage {stage.name}: input table {spec} does not exist yet")
-                result.inputs.append(ref)
-                ctx.versions[alias] = ref.version
-                ctx.digests[alias] = ref.digest
-                self.tracker.log_table(ref, "input")
-                inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
-        return inputs
+                ctx.versions[alias], ctx.digests[alias] = ref.version, ref.digest
+                ctx.inputs[alias] = self.lake.read(spec, ref.version)  # pinned: later commits do not leak in
+        self._refresh_existing(ctx)
+        return ctx
+
+    def pending(self, stage: Stage, ctx: StageContext | None = None) -> DataFrame:
+        """The rows the stage would process now: its driving input (after ``prepare``) minus the
+        keys already in its output or rejects (all of it for snapshot stages)."""
+        ctx = ctx or self.context(stage, "pending")
+        driving = ctx.inputs[next(iter(stage.input_specs(self.settings)))]
+        if stage.prepare:
+            driving = stage.prepare(ctx, driving)
+        if stage.mode == "overwrite":
+            return driving
+        key = list(stage.key)
+        for name in (stage.output, stage.rejects):
+            if name and self.lake.exists(name):
+                driving = driving.join(self.lake.read(name).select(*key), key, "left_anti")
+        return driving
+
+    def run_stage(self, stage: Stage, run_id: str, max_chunks: int | None = None) -> StageResult:
+        t0, result = time.monotonic(), StageResult(stage.name)
+        staging = self.lake.staging_path(stage.name, run_id)
+        params = {"stage": stage.name, "run_id": run_id, "chunk_rows": self.settings.runner.chunk_rows,
+                  "config": stage.config(self.settings)}
+        with self.tracker.stage(stage.name, params) as mlflow_run:
+            result.mlflow_run_id, result.stats = mlflow_run, Stats()
+            ctx = self.context(stage, run_id, staging)
+            ctx.stats = result.stats
+            self._log_inputs(stage, ctx, result)
+            pending = self.pending(stage, ctx)
+            buckets, chunks = self._plan_chunks(stage, pending)
+            result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
+            for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
+                if max_chunks is not None and i >= max_chunks:
+                    break
+                chunk = pending if chunk_id is None else pending.where(_bucket(stage, buckets) == chunk_id)
+                self._commit_chunk(stage, ctx, rows, self._chunk_args(stage, ctx, chunk),
+                                   f"{staging}/chunk-{i:05d}", result)
+                result.chunks_done += 1
+                result.seconds = time.monotonic() - t0
+                self.progress(Progress(stage.name, result.chunks_done, result.chunks_total,
+                                       result.kept + result.rejected + result.deferred, result.pending,
+                                       result.kept, result.rejected, result.deferred, result.seconds))
+            result.seconds = time.monotonic() - t0
+            self._log_outcome(stage, result)
+        _remove(staging)
+        return result
+
+    # ------------------------------------------------------------------ steps
+    def _read_files(self, spec: str, raw_path: str, ctx: StageContext) -> DataFrame:
+        """Declared source files -> one raw parquet in staging; their checksums go to MLflow."""
+        declared = getattr(self.settings, spec.split(":", 1)[1])
+        files, _ = sources.write_raw(declared, self.settings.cache_dir(), raw_path)
+        ctx.files.extend(files)
+        return self.spark.read.parquet(raw_path)
+
+    def _log_inputs(self, stage: Stage, ctx: StageContext, result: StageResult) -> None:
+        for f in ctx.files:
+            self.tracker.log_file(f"{f.source}/{f.rel}", str(f.path), f.sha256[:16])
+        specs = stage.input_specs(self.settings)
+        for alias, version in ctx.versions.items():
+            ref = self.session.ref(specs[alias], version)
+            result.inputs.append(ref)
+            self.tracker.log_table(ref, "input")
+
+    def _refresh_existing(self, ctx: StageContext) -> None:
+        if ctx.stage.reads_output:
+            ctx.existing = self.lake.read(ctx.stage.output) if self.lake.exists(ctx.stage.output) else None
+
+    def _chunk_args(self, stage: Stage, ctx: StageContext, chunk: DataFrame) -> dict[str, DataFrame | None]:
+        """The transform's inputs for one chunk: pinned inputs, the chunk as the driving input, the
+        live inputs (e.g. the call log the stage appends to) and the output at their current version."""
+        specs = stage.input_specs(self.settings)
+        args = dict(ctx.inputs, **{next(iter(specs)): chunk})
+        for alias in stage.live_inputs:
+            args[alias] = self.lake.read(specs[alias]) if self.lake.exists(specs[alias]) else None
+        self._refresh_existing(ctx)
+        return args
+
+    def _log_outcome(self, stage: Stage, result: StageResult) -> None:
+        for name, ctx_name in ((stage.output, "output"), (stage.rejects, "rejects")):
+            if name and self.lake.exists(name):
+                ref = self.session.ref(name)
+                result.outputs.append(ref)
+                self.tracker.log_table(ref, ctx_name)
+        self.tracker.log_metrics(result.metrics())
+        self.tracker.set_tags({"boostqa.complete": str(result.complete).lower(), **result.stats.tags})
+        if stage.reports and result.chunks_done:
+            from boostqa.reports import REPORTS, as_jsonable
+
+            for name in stage.reports:
+                self.tracker.log_dict(as_jsonable(REPORTS[name](self.lake)), f"{name}_report.json")
 
     def _checkpointer(self, staging: str):
         """Materialise a DataFrame in staging and read it back: cuts an iterative plan (Sail has no
@@ -247,15 +300,11 @@ class Runner:
         rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
         return buckets, {int(r["c"]): int(r["count"]) for r in rows}
 
-    def _pending(self, stage: Stage, driving: DataFrame) -> DataFrame:
-        key = list(stage.key)
-        for name in (stage.output, stage.rejects):
-            if name and self.lake.exists(name):
-                driving = driving.join(self.lake.read(name).select(*key), key, "left_anti")
-        return driving
-
-    def _commit_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
-                      path: str, result: StageResult) -> None:
+    def _stage_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
+                     path: str) -> tuple[DataFrame, dict]:
+        """Run the transform once, write its result to staging and check it: every pending row
+        accounted for, no duplicate kept key. Returns the staged rows and their (outcome, reason)
+        counts."""
         out = stage.transform(ctx, **args)
         if "_outcome" not in out.columns:
             out = out.withColumn("_outcome", F.when(F.col("_reason").isNull(), "kept").otherwise("rejected"))
@@ -264,40 +313,30 @@ class Runner:
         counts = {(r["_outcome"], r["_reason"]): r["count"]
                   for r in staged.groupBy("_outcome", "_reason").count().collect()}
         total = sum(counts.values())
-        if stage.one_to_one:
-            if total != expected:
-                raise StageError(f"stage {stage.name} returned {total} rows for {expected} pending rows: "
-                                 "a transform must account for every row (kept, rejected or deferred)")
+        if stage.one_to_one and total != expected:
+            raise StageError(f"stage {stage.name} returned {total} rows for {expected} pending rows: "
+                             "a transform must account for every row (kept, rejected or deferred)")
         key = list(stage.key)
-        kept = staged.where(F.col("_outcome") == "kept").select(*[c for c in staged.columns if not c.startswith("_")])
-        dup = kept.groupBy(*key).count().where(F.col("count") > 1).limit(3).collect()
+        dup = staged.where(F.col("_outcome") == "kept").groupBy(*key).count().where(F.col("count") > 1).limit(3).collect()
         if dup:
             raise StageError(f"stage {stage.name} produced duplicate keys {key}: {[tuple(r)[:-1] for r in dup]}")
+        return staged, counts
+
+    def _commit_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
+                      path: str, result: StageResult) -> None:
+        staged, counts = self._stage_chunk(stage, ctx, expected, args, path)
         n_kept = sum(v for (o, _), v in counts.items() if o == "kept")
         n_rej = sum(v for (o, _), v in counts.items() if o == "rejected")
-        if stage.mode == "overwrite":
-            if self.lake.exists(stage.output):
-                self.lake.overwrite(kept, stage.output)
-            else:
-                self.lake.append(kept, stage.output)
-        elif n_kept or not self.lake.exists(stage.output):
-            self.lake.insert_new(kept, stage.output, key)
+        self._write_kept(stage, staged, n_kept)
         if stage.rejects and (n_rej or not self.lake.exists(stage.rejects)):
-            rejected = staged.where(F.col("_outcome") == "rejected").select(  # "_x" is stored as "x"
-                *[F.col(c).alias(c.lstrip("_")) for c in stage.reject_columns], F.col("_reason").alias("reason"), F.col("_detail").alias("detail"),
-                F.lit(stage.name).alias("stage"), F.lit(ctx.run_id).alias("run_id"),
-                F.current_timestamp().alias("rejected_at"))
-            self.lake.insert_new(rejected, stage.rejects, key)
+            self.lake.insert_new(self._rejected_rows(stage, ctx, staged), stage.rejects, list(stage.key))
         for d in stage.derived:
             self.lake.insert_new(d.build(ctx, staged), d.table, d.key)
-        if stage.artifacts:
-            for name, text in stage.artifacts(ctx, staged).items():
-                self.tracker.log_text(text, name)
-        extra = dict(stage.report(staged)) if stage.report else {}
-        extra.update({k: v for k, v in ctx.extra.items() if isinstance(v, (int, float))})
-        for k, v in extra.items():  # counters add up over chunks; the simulated flag is a flag
-            result.extra[k] = 1 if k == "llm_simulated" else result.extra.get(k, 0) + v
-        ctx.extra.clear()
+        if stage.summarize:
+            stage.summarize(ctx, staged)
+        for name, text in ctx.stats.artifacts.items():
+            self.tracker.log_text(text, name)
+        ctx.stats.artifacts.clear()
         result.kept += n_kept
         result.rejected += n_rej
         result.deferred += sum(v for (o, _), v in counts.items() if o == "deferred")
@@ -305,6 +344,23 @@ class Runner:
             if o == "rejected":
                 result.rejected_by_reason[reason] = result.rejected_by_reason.get(reason, 0) + v
         _remove(path)
+
+    def _write_kept(self, stage: Stage, staged: DataFrame, n_kept: int) -> None:
+        kept = staged.where(F.col("_outcome") == "kept").select(*[c for c in staged.columns if not c.startswith("_")])
+        if stage.mode == "overwrite":
+            if self.lake.exists(stage.output):
+                self.lake.overwrite(kept, stage.output)
+            else:
+                self.lake.append(kept, stage.output)
+        elif n_kept or not self.lake.exists(stage.output):
+            self.lake.insert_new(kept, stage.output, list(stage.key))
+
+    @staticmethod
+    def _rejected_rows(stage: Stage, ctx: StageContext, staged: DataFrame) -> DataFrame:
+        return staged.where(F.col("_outcome") == "rejected").select(  # "_x" is stored as "x"
+            *[F.col(c).alias(c.lstrip("_")) for c in stage.reject_columns], F.col("_reason").alias("reason"),
+            F.col("_detail").alias("detail"), F.lit(stage.name).alias("stage"), F.lit(ctx.run_id).alias("run_id"),
+            F.current_timestamp().alias("rejected_at"))
 
 
 def _bucket(stage: Stage, buckets: int):
@@ -323,4 +379,4 @@ def _remove(path: str) -> None:
             parent.rmdir()
 
 
-__all__ = ["Runner", "StageResult", "Progress", "StageError", "new_run_id", "STAGES"]
+__all__ = ["Runner", "Session", "StageResult", "Progress", "StageError", "new_run_id", "STAGES"]

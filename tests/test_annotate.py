@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from boostqa import engine
 from boostqa.config import deep_merge, load_settings
-from boostqa.llm.simulator import SimConfig, SimulatorServer
+from boostqa.llm.sim import SimConfig, SimulatorServer
 from boostqa.runner import Runner
 from boostqa.stages import llm
 from boostqa.taxonomy import load_taxonomy
@@ -109,11 +109,12 @@ def _rows(runner: Runner, name: str, key: str = "seed_uid") -> dict:
 
 def _seed_keys(runner: Runner) -> dict[str, str]:
     """seed_uid -> the request key the stage sends for it (its own request builder, no calls)."""
-    from boostqa.stages.annotate import STAGE, requests
+    from boostqa.stages.annotate import STAGE
     from boostqa.stages.base import StageContext
 
-    ctx = StageContext(runner.spark, runner.settings, "keys", STAGE)
-    return {r.seed_uid: r.request_key for r in requests(ctx, runner.lake.read("silver.seeds_clean")).collect()}
+    seeds = runner.lake.read("silver.seeds_clean")
+    ctx = StageContext(runner.spark, STAGE.settings_view(runner.settings), "keys", STAGE, inputs={"seeds": seeds})
+    return {r.seed_uid: r.request_key for r in llm.pending_requests(ctx, seeds).collect()}
 
 
 def _sim_requests(sim) -> int:
@@ -186,7 +187,7 @@ def test_every_seed_annotated_logged_and_tracked(spark, make_settings, lake_copy
     assert m["llm.prompt_tokens"] == stats["tokens"]["prompt"]
     assert m["llm.completion_tokens"] == stats["tokens"]["completion"]
     assert m["llm.latency_ms_total"] > 0 and m["rows_kept"] == N_SEEDS
-    assert run.data.params["config.endpoint.base_url"] == "simulator"
+    assert run.data.params["config.llm.endpoints.annotator.base_url"] == "simulator"
 
 
 # ---------------------------------------------------------------- 2. resume without paying twice
@@ -207,7 +208,7 @@ def test_rerun_and_reannotation_reuse_logged_calls(spark, make_settings, lake_co
     run3, redo = _annotate(runner)
     assert (redo.pending, redo.kept, redo.rejected, redo.deferred) == (N_SEEDS,) * 2 + (0, 0)
     assert _sim_requests(sim) == N_SEEDS  # no new HTTP request
-    assert (redo.extra["llm.calls"], redo.extra["llm.reused"], redo.extra["llm.prompt_tokens"]) == (0, N_SEEDS, 0)
+    assert (redo.stats["llm.calls"], redo.stats["llm.reused"], redo.stats["llm.prompt_tokens"]) == (0, N_SEEDS, 0)
     second = _rows(runner, OUT)
     same = ("discipline", "subfield", "is_stem", "difficulty", "rationale", "request_key", "question", "seed_id")
     assert {u: {c: r[c] for c in same} for u, r in second.items()} == \
@@ -260,7 +261,7 @@ def test_faults_leave_every_seed_accounted_for_and_a_rerun_finishes(spark, make_
         assert f["run_id"] == run1 and f["endpoint"] == "annotator" and f["attempts"] == 2  # max_retries=1
         assert f["http_status"] in (429, 500, 503) or "Timeout" in f["error"], f
         assert f["error"] and (f["http_status"] is None or str(f["http_status"]) in f["error"])
-    assert res.extra["llm.failed"] == len(pending) and res.extra["llm.invalid"] == len(rej)
+    assert res.stats["llm.failed"] == len(pending) and res.stats["llm.invalid"] == len(rej)
 
     # rerun against a healthy endpoint: only the pending seeds are requested, once each
     with SimulatorServer(SimConfig(latency_ms=5)) as good:
@@ -318,7 +319,7 @@ def test_malformed_output_is_quarantined_with_raw_text(spark, make_settings, lak
         runner2 = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=good.base_url)), spark=spark)
         _, res2 = _annotate(runner2)
         assert _sim_requests(good) == 0
-    assert (res2.pending, res2.rejected, res2.extra["llm.reused"]) == (len(rej),) * 3
+    assert (res2.pending, res2.rejected, res2.stats["llm.reused"]) == (len(rej),) * 3
     assert {u: (r["raw"], r["detail"]) for u, r in _rows(runner2, REJ).items()} == \
         {u: (r["raw"], r["detail"]) for u, r in rej.items()}
 

@@ -17,8 +17,7 @@ from mlflow.tracking import MlflowClient
 from boostqa import engine
 from boostqa.config import deep_merge, load_settings
 from boostqa.runner import Runner
-from boostqa.stages.base import StageContext
-from boostqa.stages.dedup import STAGE as DEDUP, lsh_shape
+from boostqa.stages.lsh import lsh_shape
 from boostqa.text.minhash import lsh_params
 from boostqa.text.normalize import words as norm_words
 from boostqa.text.records import seed_uid
@@ -316,7 +315,7 @@ def test_lsh_shape_is_datasketch_choice_and_logged(planted):
                                                                                         "smallest_id")
     from datasketch.lsh import _optimal_param
 
-    bands, rows = lsh_shape(StageContext(None, s, "x", DEDUP))
+    bands, rows = lsh_shape(s.dedup)
     fp = s.dedup.false_positive_weight
     assert (bands, rows) == lsh_params(0.8, 128, fp, 1 - fp) == tuple(_optimal_param(0.8, 128, fp, 1 - fp)) == (14, 9)
     assert bands * rows <= 128
@@ -326,7 +325,7 @@ def test_lsh_shape_is_datasketch_choice_and_logged(planted):
     [run] = client.search_runs([exp.experiment_id], f"tags.`{STAGE_TAG}` = 'dedup'")
     assert run.info.run_id == p.dedup.mlflow_run_id
     params, metrics = run.data.params, run.data.metrics
-    assert json.loads(params["config.lsh_bands_rows"]) == [bands, rows]
+    assert (metrics["lsh.bands"], metrics["lsh.rows_per_band"]) == (bands, rows)
     assert float(params["config.dedup.threshold"]) == THRESHOLD and params["config.dedup.keep"] == "smallest_id"
     assert metrics["rows_pending"] == p.dedup.pending and metrics["rows_rejected"] == len(p.plants)
     assert metrics["rejected.exact_duplicate"] == 7 and metrics["rejected.near_duplicate"] == 8
@@ -436,7 +435,7 @@ def test_incremental_run_matches_new_seeds_against_kept_index(spark, tmp_path):
 
     bands2 = {tuple(r) for r in _rows(runner2, "silver.seed_bands")}
     sigs2 = {r.seed_uid: list(r.minhash) for r in _rows(runner2, "silver.seed_signatures")}
-    n_bands, _ = lsh_shape(StageContext(spark, runner2.settings, "x", DEDUP))
+    n_bands, _ = lsh_shape(runner2.settings.dedup)
     cols = runner2.lake.read("silver.seed_bands").columns
     new_band_uids = {dict(zip(cols, r))["seed_uid"] for r in bands2 - bands1}
     assert bands1 <= bands2 and new_band_uids == {x.uid for x in fresh}

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from boostqa.runner import Runner
-from boostqa.stages.probe import gold, predicted, wilson
+from boostqa.stages.probe import gold, predicted
+from boostqa.stages.weights import wilson
 from tests.conftest import write_jsonl
 
 

@@ -29,9 +29,9 @@ from pyspark.sql import functions as F
 
 from boostqa import engine
 from boostqa.config import deep_merge, load_settings
-from boostqa.llm.simulator import SimConfig, SimulatorServer
+from boostqa.llm.sim import SimConfig, SimulatorServer
 from boostqa.runner import Runner
-from boostqa.stages import annotate, llm, synth
+from boostqa.stages import check, llm, refine, sample, synthesize
 from boostqa.stages.base import StageContext
 from boostqa.text.tokens import count_tokens
 from boostqa.tracking import SIMULATED_TAG, STAGE_TAG
@@ -225,24 +225,24 @@ def _accounting(runner: Runner) -> dict[str, set]:
     return pending
 
 
-def _ctx(runner: Runner, stage) -> StageContext:
-    return StageContext(runner.spark, runner.settings, "keys", stage)
+def _ctx(runner: Runner, stage, **inputs) -> StageContext:
+    return StageContext(runner.spark, stage.settings_view(runner.settings), "keys", stage, inputs=inputs)
+
+
+def _keys(runner: Runner, stage, **inputs) -> dict[str, str]:
+    """row key -> the request key the stage sends for it (its own request builder, no calls)."""
+    rows = llm.pending_requests(_ctx(runner, stage, **inputs), next(iter(inputs.values())))
+    return {r[stage.llm.row_key]: r.request_key for r in rows.collect()}
 
 
 def _request_keys(runner: Runner) -> dict[str, dict[str, str]]:
     """stage -> qa_id -> the request key the stage sends for it (its own request builders, no calls)."""
     lake = runner.lake
-    plan, seeds = lake.read(PLAN), lake.read(SEEDS)
-    out = {"synthesize": {r.plan_id: r.request_key
-                          for r in synth.synth_requests(_ctx(runner, synth.SYNTHESIZE_STAGE), plan, seeds).collect()}}
+    out = {"synthesize": _keys(runner, synthesize.STAGE, plan=lake.read(PLAN), seeds=lake.read(SEEDS))}
     if lake.exists(RAW):
-        rows = lake.read(RAW).select("qa_id", "question", F.col("draft_answer").alias("answer"))
-        out["check"] = {r.qa_id: r.request_key for r in annotate.requests(
-            _ctx(runner, synth.CHECK_STAGE), rows, key="qa_id",
-            endpoint_name=runner.settings.synthesis.reannotate_endpoint).collect()}
+        out["check"] = _keys(runner, check.STAGE, qa=lake.read(RAW))
     if lake.exists(CHECKED):
-        out["refine"] = {r.qa_id: r.request_key for r in synth.refine_requests(
-            _ctx(runner, synth.REFINE_STAGE), lake.read(CHECKED)).collect()}
+        out["refine"] = _keys(runner, refine.STAGE, qa=lake.read(CHECKED))
     return out
 
 
@@ -379,14 +379,14 @@ def test_token_budget_plans_at_the_prior_then_at_the_observed_yield(template, tm
     runner = Runner(_settings(root, _src(template), synthesis=syn), spark=engine.get_spark())
     _, [res] = runner.run(["sample"])
     assert res.kept == 30  # 9,000 / 300 tokens per task
-    assert res.extra["expected_tokens_per_task.multigrade"] == 300
+    assert res.stats["expected_tokens_per_task.multigrade"] == 300
     assert runner.lake.read(PLAN).count() == 30
     runner.run(["synthesize", "check", "refine", "gate"])
     gold, quar = runner.lake.read(GOLD).toPandas(), runner.lake.read(QUAR).toPandas()
     finished = {m: (gold["mode"] == m).sum() + (quar["mode"] == m).sum() for m in ("multigrade", "booster")}
     observed = {m: gold.loc[gold["mode"] == m, "n_tokens"].sum() / finished[m] for m in finished}
-    ctx = _ctx(runner, synth.SAMPLE_STAGE)
-    est = synth.task_yield(ctx, runner.lake.read(GOLD), runner.lake.read(QUAR))
+    ctx = _ctx(runner, sample.STAGE)
+    est = sample.task_yield(ctx, runner.lake.read(GOLD), runner.lake.read(QUAR))
     for m in finished:
         assert est[m] == (observed[m] if finished[m] >= 5 else 300)
     plan = runner.lake.read(PLAN).where("attempt = 0").toPandas()
@@ -427,7 +427,7 @@ def test_degraded_boosters_are_quarantined_and_retried_once(synthesized):
     assert {p["attempt"] for p in retries.values()} == {1}
     for k in first:
         orig, retry = plan[k], plan[_retry_id(k)]
-        assert retry["instruction"] == synth.STRONGER and retry["run_id"] == run1 and q[k]["run_id"] == run1
+        assert retry["instruction"] == check.STRONGER and retry["run_id"] == run1 and q[k]["run_id"] == run1
         for f in ("seed_uid", "mode", "grade_role", "seed_difficulty", "target_difficulty", "discipline"):
             assert retry[f] == orig[f]
     assert all(q[k]["run_id"] == run2 for k in second)
@@ -437,8 +437,8 @@ def test_degraded_boosters_are_quarantined_and_retried_once(synthesized):
     # the retry prompt carries the stronger instruction; the original one did not
     raw, calls = _rows(runner, RAW), _rows(runner, CALLS, "request_key")
     for k in first:
-        assert synth.STRONGER in calls[raw[_retry_id(k)]["request_key"]]["messages"]
-        assert synth.STRONGER not in calls[raw[k]["request_key"]]["messages"]
+        assert check.STRONGER in calls[raw[_retry_id(k)]["request_key"]]["messages"]
+        assert check.STRONGER not in calls[raw[k]["request_key"]]["messages"]
 
 
 def test_unsolvable_items_are_quarantined_by_refine(synthesized):
@@ -573,7 +573,7 @@ def test_gold_rows_carry_complete_lineage(synthesized):
         assert g["lineage"]["gate_run"] in synthesized["runs"]
     # gate metrics match the rows, in MLflow too; every stage run is tagged simulated
     res1, res2 = synthesized["res"]
-    assert res1["gate"].extra["gold_tokens"] + res2["gate"].extra["gold_tokens"] == sum(tokens.values()) + len(gold)
+    assert res1["gate"].stats["gold_tokens"] + res2["gate"].stats["gold_tokens"] == sum(tokens.values()) + len(gold)
     client = MlflowClient(settings.tracking_uri())
     run = client.get_run(res1["gate"].mlflow_run_id)
     assert run.data.tags[STAGE_TAG] == "gate" and run.data.metrics["gold_rows"] == res1["gate"].kept
@@ -594,12 +594,12 @@ def test_synthesize_resumes_mid_stage_without_calling_twice(template, tmp_path):
         first = _rows(runner, RAW)
         assert not part.complete and part.chunks_done == 1 and part.chunks_total >= 3
         assert 0 < len(first) == part.kept < len(plan) and _sim_requests(sim) == len(first)
-        assert part.extra["llm.calls"] == len(first)
+        assert part.stats["llm.calls"] == len(first)
 
         _, [rest] = runner.run(["synthesize"])
         raw = _rows(runner, RAW)  # unique qa_id, asserted by _rows
         assert rest.complete and rest.pending == len(plan) - len(first)
-        assert (rest.extra["llm.calls"], rest.extra["llm.reused"]) == (rest.pending, 0)
+        assert (rest.stats["llm.calls"], rest.stats["llm.reused"]) == (rest.pending, 0)
         assert set(raw) == set(plan) and _sim_requests(sim) == len(plan)  # nothing asked twice
         assert {k: raw[k] for k in first} == first
 
@@ -607,7 +607,7 @@ def test_synthesize_resumes_mid_stage_without_calling_twice(template, tmp_path):
         lost = sorted(raw)[:7]
         runner.lake.delete_where(RAW, "qa_id IN (%s)" % ",".join(f"'{k}'" for k in lost))
         _, [redo] = runner.run(["synthesize"])
-        assert (redo.pending, redo.kept, redo.extra["llm.calls"], redo.extra["llm.reused"]) == (7, 7, 0, 7)
+        assert (redo.pending, redo.kept, redo.stats["llm.calls"], redo.stats["llm.reused"]) == (7, 7, 0, 7)
         assert _sim_requests(sim) == len(plan)
         again = _rows(runner, RAW)
         assert {k: (r["question"], r["draft_answer"]) for k, r in again.items()} == \
@@ -687,7 +687,7 @@ def test_multigrade_prompt_names_the_educator_role(synthesized):
     assert set(systems) == set(synthesized["settings"].synthesis.roles)
     assert not any("{role_description}" in s for s in systems.values())
     for role, system in systems.items():
-        assert synth.ROLE_TEXT[role] in system
+        assert synthesize.ROLE_TEXT[role] in system
 
 
 def test_many_chunk_llm_stage_survives_a_call_log_checkpoint(template, tmp_path):

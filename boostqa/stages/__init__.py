@@ -1,17 +1,32 @@
-"""Stage registry in pipeline order. Each module declares one STAGE (see stages/base.py)."""
+"""Stage registry in pipeline order. Each stage module declares exactly one STAGE (stages/base.py);
+base, llm (the LLM-stage template), lsh and training are shared helpers, not stages."""
 
 from __future__ import annotations
 
-from boostqa.stages import (annotate, bench, blend, corpus, decontam, dedup, gate, ingest, ledger, probe,
-                            publish, synth)
+from boostqa.stages import (annotate, bench, bench_embed, blend, check, corpus, decontam, dedup, export, gate,
+                            ingest, ledger, probe, refine, sample, synthesize, weights)
 from boostqa.stages.base import Stage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, bench.STAGE, bench.EMBED_STAGE, dedup.STAGE,
-                                                decontam.STAGE, annotate.STAGE,
-                                                probe.STAGE, probe.WEIGHTS_STAGE, synth.SAMPLE_STAGE,
-                                                synth.SYNTHESIZE_STAGE, synth.CHECK_STAGE, synth.REFINE_STAGE,
-                                                gate.STAGE, corpus.STAGE, blend.STAGE,
-                                                publish.STAGE, ledger.STAGE)}
+PIPELINE = (
+    ingest,       # seed source files -> bronze.seeds
+    bench,        # benchmark test sets -> ref.bench_items
+    bench_embed,  # benchmark item vectors -> ref.bench_embeddings
+    dedup,        # exact + MinHash-LSH near duplicates -> silver.seeds
+    decontam,     # n-gram + embedding overlap with benchmarks -> silver.seeds_clean
+    annotate,     # LLM discipline x difficulty -> silver.seeds_annotated
+    probe,        # the model under training per cell -> gold.probe_results
+    weights,      # accuracy -> sampling weights -> gold.sampling_weights
+    sample,       # weighted synthesis tasks -> silver.synth_plan
+    synthesize,   # LLM generator -> silver.synth_raw
+    check,        # LLM re-annotation, degraded booster output -> silver.synth_checked
+    refine,       # LLM solvability + answer (+ judge) -> silver.synth_refined
+    gate,         # length, dedup, decontamination of outputs -> gold.boostqa
+    corpus,       # general-corpus files -> bronze.corpus
+    blend,        # token-budget blend -> gold.mix
+    export,       # gold.mix version -> training shards
+    ledger,       # exact token counts -> gold.token_ledger
+)
+STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in PIPELINE}
 
 
 def resolve(names: list[str] | None) -> list[Stage]:

@@ -107,25 +107,33 @@ def prepare(ctx: StageContext, driving: DataFrame) -> DataFrame:
     return driving
 
 
+def epoch_plan(ctx: StageContext, available: dict[tuple[str, str], int]) -> list[tuple]:
+    """Per (component, group): (component, group, whole epochs, tokens of the partial epoch, target,
+    available); a target needing more than blend.max_epochs fails with the numbers."""
+    plan = []
+    for (comp, grp), t in sorted(targets(ctx.settings, available).items()):
+        have = available[(comp, grp)]
+        if t > 0 and have == 0:
+            raise StageError(f"blend component {comp} group {grp}: target {t:.0f} tokens but no tokens available")
+        epochs = t / have if have else 0.0
+        if epochs > ctx.settings.blend.max_epochs:
+            raise StageError(f"blend component {comp} group {grp}: {epochs:.2f} epochs needed for {t:.0f} tokens "
+                             f"of {have} available, over blend.max_epochs={ctx.settings.blend.max_epochs}")
+        full = math.floor(epochs) if have else 0
+        plan.append((comp, grp, full, float(t - full * have), float(t), int(have)))
+    for comp in sorted({p[0] for p in plan}):  # what the summary compares the mix with
+        ctx.stats.set(f"blend.{comp}.target_tokens", sum(p[4] for p in plan if p[0] == comp))
+        ctx.stats.set(f"blend.{comp}.available_tokens", sum(p[5] for p in plan if p[0] == comp))
+    return plan
+
+
 def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
     b = ctx.settings.blend
     rows = reduce(DataFrame.unionByName, [_rows(ctx, n, tables[n]) for n in _inputs(ctx.settings)])
     rows = ctx.checkpoint(rows.withColumn("n_tokens", count_column(ctx.settings, F.col("text"))))  # tokenise once
     available = {(r["component"], r["grp"]): int(r["t"])
                  for r in rows.groupBy("component", "grp").agg(F.sum("n_tokens").alias("t")).collect()}
-    want = targets(ctx.settings, available)
-    plan = []
-    for (comp, grp), t in sorted(want.items()):
-        have = available[(comp, grp)]
-        if t > 0 and have == 0:
-            raise StageError(f"blend component {comp} group {grp}: target {t:.0f} tokens but no tokens available")
-        epochs = t / have if have else 0.0
-        if epochs > b.max_epochs:
-            raise StageError(f"blend component {comp} group {grp}: {epochs:.2f} epochs needed for {t:.0f} tokens "
-                             f"of {have} available, over blend.max_epochs={b.max_epochs}")
-        full = math.floor(epochs) if have else 0
-        plan.append((comp, grp, full, float(t - full * have), float(t), int(have)))
-    ctx.extra["_blend_plan"] = plan
+    plan = epoch_plan(ctx, available)
     p = ctx.spark.createDataFrame(plan, "component string, grp string, full_epochs int, remainder double, "
                                         "target double, available long")
     order = F.xxhash64(F.lit(b.seed), "component", "doc_id")
@@ -162,34 +170,36 @@ def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
         F.lit(None).cast("string").alias("_detail"))
 
 
-def summary(staged: DataFrame, plan: list[tuple]) -> list[dict]:
-    """Per component and group: target, available, achieved tokens, rows, epochs."""
+def summary(staged: DataFrame, planned: dict[str, tuple[float, float]]) -> list[dict]:
+    """Per component: target, available, achieved tokens, rows, epochs (``planned``: component ->
+    (target tokens, available tokens))."""
     got = {}
     for r in staged.groupBy("component").agg(F.sum("n_tokens").alias("tokens"), F.count(F.lit(1)).alias("rows"),
                                               F.countDistinct("doc_id").alias("docs")).collect():
         got[r["component"]] = r
     out = []
     total = sum(int(r["tokens"] or 0) for r in got.values()) or 1
-    for comp in sorted({p[0] for p in plan}):
-        target = sum(p[4] for p in plan if p[0] == comp)
-        available = sum(p[5] for p in plan if p[0] == comp)
+    for comp, (target, available) in sorted(planned.items()):
         r = got.get(comp)
         tokens = int(r["tokens"] or 0) if r else 0
-        out.append({"component": comp, "target_tokens": round(target), "available_tokens": available,
+        out.append({"component": comp, "target_tokens": round(target), "available_tokens": int(available),
                     "tokens": tokens, "rows": int(r["rows"]) if r else 0, "documents": int(r["docs"]) if r else 0,
                     "share": tokens / total, "epochs": tokens / available if available else 0.0,
                     "error_pct": 100 * (tokens - target) / target if target else 0.0})
     return out
 
 
-def artifacts(ctx: StageContext, staged: DataFrame) -> dict[str, str]:
-    """blend.json: per component, target vs achieved tokens, what was available and the epochs."""
-    rows = summary(staged, ctx.extra.get("_blend_plan", []))
-    for r in rows:  # metrics too: blend.<component>.tokens / .epochs / .error_pct
-        for k in ("tokens", "target_tokens", "epochs", "error_pct"):
-            ctx.extra[f"blend.{r['component']}.{k}"] = float(r[k])
-    return {"blend.json": json.dumps({"target_tokens": ctx.settings.blend.target_tokens, "components": rows},
-                                     indent=2)}
+def report(ctx: StageContext, staged: DataFrame) -> None:
+    """blend.json (per component: target vs achieved tokens, what was available, the epochs) and
+    the metrics blend.<component>.tokens / .epochs / .error_pct."""
+    planned = {c.name: (ctx.stats.get(f"blend.{c.name}.target_tokens"), ctx.stats.get(f"blend.{c.name}.available_tokens"))
+               for c in ctx.settings.blend.components if ctx.stats.get(f"blend.{c.name}.target_tokens") is not None}
+    rows = summary(staged, planned)
+    for r in rows:
+        for k in ("tokens", "epochs", "error_pct"):
+            ctx.stats.set(f"blend.{r['component']}.{k}", float(r[k]))
+    ctx.stats.artifact("blend.json", json.dumps({"target_tokens": ctx.settings.blend.target_tokens,
+                                                 "components": rows}, indent=2))
 
 
 STAGE = Stage(
@@ -202,8 +212,8 @@ STAGE = Stage(
     reads_output=True,
     one_to_one=False,  # rows repeat (epochs) or drop (down-sampling)
     transform=transform,
-    artifacts=artifacts,
+    summarize=report,
     enabled=lambda s: bool(s.blend.components),
-    config=lambda s: {"blend": s.blend.model_dump(), "tokens": s.tokens.model_dump()},
+    sections=("blend", "tokens"),
     description="token-budget blend of the components (ratios by tokens, epochs for small ones) -> gold.mix",
 )

@@ -45,6 +45,6 @@ STAGE = Stage(
     reject_columns=("record_key", "source", "source_file", "source_row", "_raw"),
     transform=transform,
     enabled=lambda s: any(c.enabled for c in s.corpus),
-    config=lambda s: {"corpus": [c.model_dump() for c in s.corpus]},
+    sections=("corpus",),
     description="general-corpus files -> bronze.corpus; unusable rows -> quarantine.corpus",
 )

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from boostqa.stages.base import Stage, StageContext, StageError
-from boostqa.stages.bench import embedder_config, embedding_text, model_name
+from boostqa.stages.bench_embed import embedder_config, embedding_text, model_name
 from boostqa.text.embed import make_embedder, max_cosine
 from boostqa.text.ngrams import matching_ngrams, ngram_distinct_words, ngram_hashes
 from boostqa.text.normalize import NormalizeOptions, words_array
@@ -171,14 +171,11 @@ def transform(ctx: StageContext, rows: DataFrame, bench: DataFrame, vectors: Dat
         F.col("em_cosine").alias("_cosine"))
 
 
-def report(staged: DataFrame) -> dict[str, float]:
+def hits(ctx: StageContext, staged: DataFrame) -> None:
     """Hits per benchmark and per method, for MLflow and the CLI."""
-    rows = staged.where(F.col("_outcome") == "rejected").groupBy("_benchmark", "_method").count().collect()
-    out: dict[str, float] = {}
-    for r in rows:
-        out[f"hits.{r['_benchmark']}"] = out.get(f"hits.{r['_benchmark']}", 0) + r["count"]
-        out[f"hits_by_method.{r['_method']}"] = out.get(f"hits_by_method.{r['_method']}", 0) + r["count"]
-    return out
+    for r in staged.where(F.col("_outcome") == "rejected").groupBy("_benchmark", "_method").count().collect():
+        ctx.stats.add(f"hits.{r['_benchmark']}", r["count"])
+        ctx.stats.add(f"hits_by_method.{r['_method']}", r["count"])
 
 
 def make_stage(name: str, source: str, output: str, rejects: str, key: str, question: str = "question",
@@ -194,8 +191,8 @@ def make_stage(name: str, source: str, output: str, rejects: str, key: str, ques
         reject_columns=(key, *extra_reject_columns, question, "_benchmark", "_item_id", "_method", "_shared_ngrams",
                         "_ngram", "_cosine"),
         transform=partial(transform, key=key, question=question, answer=answer, choices=choices),
-        report=report,
-        config=lambda s: {"decontam": s.decontam.model_dump()},
+        summarize=hits,
+        sections=("decontam",),
         description=f"drop {source} rows overlapping benchmark items (n-grams + embeddings)",
     )
 

@@ -15,72 +15,14 @@ run is never removed by a later one (it becomes the representative of its cluste
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from boostqa.stages import lsh
 from boostqa.stages.base import Derived, Stage, StageContext
-from boostqa.text.minhash import MinHasher, band_hash_lists, lsh_params, signature_list_array, \
-    signatures_from_list_array
-from boostqa.text.ngrams import ngram_hashes
-from boostqa.text.normalize import NormalizeOptions, content_hash_array, words_array
 
-SKETCH_SCHEMA = T.StructType([T.StructField("seed_uid", T.StringType()), T.StructField("seed_id", T.StringType()),
-                              T.StructField("minhash", T.ArrayType(T.IntegerType())),
-                              T.StructField("bands", T.ArrayType(T.LongType()))])
-SIM_SCHEMA = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.StringType()),
-                           T.StructField("similarity", T.DoubleType())])
-_BATCH_ROWS = 4096
 SEED_COLUMNS = ["seed_id", "seed_uid", "record_key", "source", "source_row_id", "question", "answer", "choices",
                 "subject_hint", "lang", "source_weight"]
-
-
-def lsh_shape(ctx: StageContext) -> tuple[int, int]:
-    c = ctx.settings.dedup
-    return lsh_params(c.threshold, c.num_perm, c.false_positive_weight, 1.0 - c.false_positive_weight)
-
-
-def _sketcher(ctx: StageContext):
-    """mapInArrow kernel: (seed_uid, question, answer) -> seed_id, MinHash signature, band hashes."""
-    c = ctx.settings.dedup
-    opts = NormalizeOptions(**c.normalize.model_dump())
-    hasher, (bands, rows), n = MinHasher(c.num_perm, c.seed), lsh_shape(ctx), c.shingle_words
-
-    def sketch(batches):
-        for batch in batches:
-            for start in range(0, batch.num_rows, _BATCH_ROWS):  # Sail ignores Arrow batch sizes
-                b = batch.slice(start, _BATCH_ROWS)
-                q, a = b.column("question"), b.column("answer")
-                text = pc.binary_join_element_wise(q, pc.fill_null(a, ""), " ")
-                sigs = hasher.signatures(ngram_hashes(words_array(text, opts), n))
-                yield pa.RecordBatch.from_arrays(
-                    [b.column("seed_uid"), content_hash_array(q, a, opts), signature_list_array(sigs),
-                     band_hash_lists(sigs, bands, rows)], schema=pa.schema(
-                        [("seed_uid", pa.string()), ("seed_id", pa.string()), ("minhash", pa.list_(pa.int32())),
-                         ("bands", pa.list_(pa.int64()))]))
-
-    return sketch
-
-
-def _similarity(batches):
-    """mapInArrow kernel: estimated Jaccard = share of equal MinHash slots, vectorised."""
-    for b in batches:
-        if b.num_rows == 0:
-            continue
-        sa, sb = signatures_from_list_array(b.column("sa")), signatures_from_list_array(b.column("sb"))
-        sim = (sa == sb).mean(axis=1) if sa.size else np.zeros(b.num_rows)
-        yield pa.RecordBatch.from_arrays([b.column("a"), b.column("b"), pa.array(sim, pa.float64())],
-                                         names=["a", "b", "similarity"])
-
-
-def _similarities(pairs: DataFrame, sigs: DataFrame) -> DataFrame:
-    s = sigs.select("seed_uid", "minhash")
-    joined = (pairs.join(s.withColumnRenamed("seed_uid", "a").withColumnRenamed("minhash", "sa"), "a")
-              .join(s.withColumnRenamed("seed_uid", "b").withColumnRenamed("minhash", "sb"), "b"))
-    return joined.select("a", "b", "sa", "sb").mapInArrow(_similarity, SIM_SCHEMA)
 
 
 def connected_components(ctx: StageContext, edges: DataFrame, max_iterations: int) -> tuple[DataFrame, int]:
@@ -117,61 +59,65 @@ def _policy_order(ctx: StageContext) -> list:
     return [F.col("seed_uid").asc()]
 
 
-def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = None,
-              signatures: DataFrame | None = None, existing: DataFrame | None = None) -> DataFrame:
+def _edges(ctx: StageContext, sk: DataFrame, ex: DataFrame | None, bands: DataFrame | None,
+           sigs: DataFrame) -> DataFrame:
+    """Duplicate pairs (a = new seed, b = new or already-kept seed): same seed_id, or sharing an LSH
+    band (and, with ``verify``, an estimated Jaccard at or above the threshold)."""
     cfg = ctx.settings.dedup
-    new = seeds.select(*[c for c in SEED_COLUMNS if c != "seed_id"])
-    sk = ctx.checkpoint(new.select("seed_uid", "question", "answer").mapInArrow(_sketcher(ctx), SKETCH_SCHEMA))
-    ex = existing.select("seed_uid", "seed_id", "source", "answer", "cluster_id") if existing is not None else None
-
-    # candidate pairs (a = new seed, b = new or already-kept seed)
     w = Window.partitionBy("seed_id").orderBy("seed_uid")
     exact = (sk.withColumn("b", F.first("seed_uid").over(w)).where(F.col("b") != F.col("seed_uid"))
              .select(F.col("seed_uid").alias("a"), "b"))
     if ex is not None:
         exact = exact.unionByName(sk.join(ex.select("seed_id", F.col("seed_uid").alias("b")), "seed_id")
                                   .select(F.col("seed_uid").alias("a"), "b"))
-    new_bands = sk.select("seed_uid", F.posexplode("bands").alias("band", "band_hash"))
-    index = new_bands if bands is None else new_bands.unionByName(bands.select("seed_uid", "band", "band_hash"))
-    near = (new_bands.alias("x").join(index.alias("y"), ["band", "band_hash"])
-            .where(F.col("x.seed_uid") != F.col("y.seed_uid"))
-            .select(F.least("x.seed_uid", "y.seed_uid").alias("a"), F.greatest("x.seed_uid", "y.seed_uid").alias("b"))
-            .distinct())
-    all_sigs = sk.select("seed_uid", "minhash")
-    if signatures is not None:
-        all_sigs = all_sigs.unionByName(signatures.select("seed_uid", "minhash"))
+    near = lsh.band_pairs(sk, bands).select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).distinct()
     if cfg.verify:
-        near = _similarities(near, all_sigs).where(F.col("similarity") >= cfg.threshold).select("a", "b")
-    edges = ctx.checkpoint(exact.unionByName(near).distinct())
+        near = lsh.similarities(near, sigs).where(F.col("similarity") >= cfg.threshold).select("a", "b")
+    return ctx.checkpoint(exact.unionByName(near).distinct())
 
-    comps, rounds = connected_components(ctx, edges, cfg.max_iterations)
-    ctx.extra["cc_rounds"] = rounds
 
-    # representative per cluster: a seed kept earlier wins, then the configured policy. A cluster
-    # whose representative was kept earlier keeps that seed's stored cluster_id, so members
-    # removed in different runs share one cluster_id with their representative
+def _clustered(ctx: StageContext, comps: DataFrame, new: DataFrame, ex: DataFrame | None,
+               sigs: DataFrame) -> DataFrame:
+    """Each clustered seed with its representative: a seed kept earlier wins, then the configured
+    policy. A cluster whose representative was kept earlier keeps that seed's stored cluster_id,
+    so members removed in different runs share one cluster_id with their representative."""
     members = comps.withColumnRenamed("node", "seed_uid")
     info = new.select("seed_uid", "source", "answer").withColumn("_earlier", F.lit(1)) \
         .withColumn("_old_cluster", F.lit(None).cast("string"))
     if ex is not None:
         info = info.unionByName(ex.select("seed_uid", "source", "answer", F.col("cluster_id").alias("_old_cluster"))
                                 .withColumn("_earlier", F.lit(0)))
-    ranked = members.join(info, "seed_uid")
     rank = Window.partitionBy("cluster_id").orderBy(F.col("_earlier").asc(), *_policy_order(ctx))
-    ranked = ranked.withColumn("_rep", F.first("seed_uid").over(rank)) \
+    ranked = members.join(info, "seed_uid") \
+        .withColumn("_rep", F.first("seed_uid").over(rank)) \
         .withColumn("_rep_source", F.first("source").over(rank)) \
         .withColumn("_rep_earlier", F.first("_earlier").over(rank) == 0) \
         .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))) \
         .withColumn("cluster_id", F.coalesce(F.first("_old_cluster").over(rank), "cluster_id"))
-    sims = _similarities(ranked.where("seed_uid != _rep").select(F.col("seed_uid").alias("a"), F.col("_rep").alias("b")),
-                         all_sigs).select(F.col("a").alias("seed_uid"), "similarity")
-    clustered = ranked.select("seed_uid", "cluster_id", "cluster_size", "_rep", "_rep_source", "_rep_earlier") \
+    sims = lsh.similarities(ranked.where("seed_uid != _rep").select(F.col("seed_uid").alias("a"),
+                                                                    F.col("_rep").alias("b")), sigs) \
+        .select(F.col("a").alias("seed_uid"), "similarity")
+    return ranked.select("seed_uid", "cluster_id", "cluster_size", "_rep", "_rep_source", "_rep_earlier") \
         .join(sims, "seed_uid", "left")
 
+
+def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = None,
+              signatures: DataFrame | None = None) -> DataFrame:
+    new = seeds.select(*[c for c in SEED_COLUMNS if c != "seed_id"])
+    sk = ctx.checkpoint(lsh.sketches(new, ctx.settings.dedup))
+    ex = ctx.existing.select("seed_uid", "seed_id", "source", "answer", "cluster_id") \
+        if ctx.existing is not None else None
+    sigs = lsh.signatures(sk, signatures)
+    comps, rounds = connected_components(ctx, _edges(ctx, sk, ex, bands, sigs), ctx.settings.dedup.max_iterations)
+    ctx.stats.set("cc_rounds", rounds)
+    bands_n, rows_n = lsh.lsh_shape(ctx.settings.dedup)  # datasketch's choice for the threshold
+    ctx.stats.set("lsh.bands", bands_n)
+    ctx.stats.set("lsh.rows_per_band", rows_n)
     rep_ids = sk.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id"))
     if ex is not None:
         rep_ids = rep_ids.unionByName(ex.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id")))
-    out = (new.join(sk, "seed_uid").join(clustered, "seed_uid", "left").join(rep_ids, "_rep", "left")
+    out = (new.join(sk, "seed_uid").join(_clustered(ctx, comps, new, ex, sigs), "seed_uid", "left")
+           .join(rep_ids, "_rep", "left")
            .withColumn("cluster_id", F.coalesce("cluster_id", "seed_uid"))
            .withColumn("cluster_size", F.coalesce("cluster_size", F.lit(1)).cast("long")))
     removed = F.col("_rep").isNotNull() & (F.col("_rep") != F.col("seed_uid"))
@@ -204,15 +150,6 @@ def _clusters(ctx: StageContext, staged: DataFrame) -> DataFrame:
     return rows.unionByName(earlier)
 
 
-def _bands(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    return staged.where(F.col("_outcome") == "kept").select(
-        "seed_uid", F.posexplode("_bands").alias("band", "band_hash"))
-
-
-def _signatures(ctx: StageContext, staged: DataFrame) -> DataFrame:
-    return staged.where(F.col("_outcome") == "kept").select("seed_uid", F.col("_minhash").alias("minhash"))
-
-
 STAGE = Stage(
     name="dedup",
     inputs={"seeds": "bronze.seeds", "bands": "silver.seed_bands", "signatures": "silver.seed_signatures"},
@@ -225,11 +162,10 @@ STAGE = Stage(
     reads_output=True,
     whole=True,  # clusters span the whole batch: judge all pending seeds together
     derived=(Derived("silver.seed_clusters", ("seed_uid",), _clusters),
-             Derived("silver.seed_bands", ("band", "band_hash", "seed_uid"), _bands),
-             Derived("silver.seed_signatures", ("seed_uid",), _signatures)),
+             Derived("silver.seed_bands", ("band", "band_hash", "seed_uid"),
+                     lambda ctx, st: lsh.band_index(st, "seed_uid")),
+             Derived("silver.seed_signatures", ("seed_uid",), lambda ctx, st: lsh.signature_index(st, "seed_uid"))),
     transform=transform,
-    config=lambda s: {"dedup": s.dedup.model_dump(),
-                      "lsh_bands_rows": lsh_params(s.dedup.threshold, s.dedup.num_perm, s.dedup.false_positive_weight,
-                                                   1.0 - s.dedup.false_positive_weight)},
+    sections=("dedup",),
     description="exact + MinHash-LSH near-duplicate removal; clusters kept for audit",
 )

@@ -43,7 +43,9 @@ def _rules(ctx: StageContext) -> dict[str, Rules]:
             for s in _declared(ctx)}
 
 
-def transform(ctx: StageContext, raw: DataFrame, existing: DataFrame | None = None) -> DataFrame:
+def parse(ctx: StageContext, raw: DataFrame, existing: DataFrame | None) -> DataFrame:
+    """Raw records -> seed rows or quarantine reasons; ``existing``: rows earlier runs ingested
+    (their ids are taken). Shared with ``bench``, which reads benchmarks like sources."""
     rules = _rules(ctx)
 
     def parse(batches):  # defined here, not at import: Connect UDFs need the session first
@@ -90,6 +92,10 @@ def transform(ctx: StageContext, raw: DataFrame, existing: DataFrame | None = No
     )
 
 
+def transform(ctx: StageContext, raw: DataFrame) -> DataFrame:
+    return parse(ctx, raw, ctx.existing)
+
+
 STAGE = Stage(
     name="ingest",
     inputs={"raw": SOURCE_FILES},
@@ -100,6 +106,6 @@ STAGE = Stage(
     chunk_by=("source", "source_file"),  # a file is judged whole: its duplicate ids resolve by row order
     reads_output=True,
     transform=transform,
-    config=lambda s: {"sources": [x.model_dump() for x in s.sources], "ingest": s.ingest.model_dump()},
+    sections=("sources", "ingest"),
     description="seed source files -> bronze.seeds; bad rows -> quarantine.seeds",
 )

@@ -73,12 +73,11 @@ def transform(ctx: StageContext, **tables: DataFrame) -> DataFrame:
     return rows.select("*", F.lit(None).cast("string").alias("_reason"), F.lit(None).cast("string").alias("_detail"))
 
 
-def report(staged: DataFrame) -> dict[str, float]:
-    out = {}
+def totals(ctx: StageContext, staged: DataFrame) -> None:
+    """Tokens and records counted per table, for MLflow."""
     for r in staged.groupBy("table_name").agg(F.sum("tokens").alias("t"), F.sum("records").alias("n")).collect():
-        out[f"tokens.{r['table_name']}"] = float(r["t"] or 0)
-        out[f"records.{r['table_name']}"] = float(r["n"] or 0)
-    return out
+        ctx.stats.add(f"tokens.{r['table_name']}", float(r["t"] or 0))
+        ctx.stats.add(f"records.{r['table_name']}", float(r["n"] or 0))
 
 
 STAGE = Stage(
@@ -91,8 +90,8 @@ STAGE = Stage(
     reads_output=True,
     whole=True,
     transform=transform,
-    report=report,
+    summarize=totals,
     enabled=lambda s: bool(s.tokens.tables),
-    config=lambda s: {"tokens": s.tokens.model_dump()},
+    sections=("tokens",),
     description="exact training-format token counts per table version x discipline x difficulty x mode x source",
 )
