@@ -159,7 +159,7 @@ def main() -> None:
     work = HERE / "work" / "llm"
     work.mkdir(parents=True, exist_ok=True)
     port = 18000 + os.getpid() % 1000
-    sim = subprocess.Popen([sys.executable, "-m", "boostqa.llm.simulator", "--port", str(port), "--latency", "fixed",
+    sim = subprocess.Popen([sys.executable, "-m", "boostqa.llm.sim", "--port", str(port), "--latency", "fixed",
                             "--latency-ms", str(a.latency_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -28,7 +28,7 @@ from boostqa.llm.client import (
     run_requests,
 )
 from boostqa.llm.prompts import Prompt, request_key
-from boostqa.llm.simulator import DEFAULT_FAULT_KINDS, SimConfig, SimulatorServer
+from boostqa.llm.sim import DEFAULT_FAULT_KINDS, SimConfig, SimulatorServer
 
 # ------------------------------------------------------------------------------------------------
 # schemas and helpers
@@ -650,3 +650,37 @@ def test_endpoint_params_and_scaled():
     assert response_format(Endpoint("e", "u", "m", response_format="text"), Answer) is None
     assert response_format(Endpoint("e", "u", "m", response_format="json_object"), Answer) == {"type": "json_object"}
     assert response_format(ep, None) is None
+
+
+def test_each_attempt_sends_top_p_seed_and_format_only_when_set():
+    """The request arguments, seen by a stub SDK: the same on a re-ask after invalid output."""
+    from types import SimpleNamespace as NS
+
+    sent, replies = [], []
+
+    async def create(**kwargs):
+        sent.append(kwargs)
+        msg = NS(content=replies.pop(0), model_extra={})
+        return NS(choices=[NS(message=msg, finish_reason="stop")], system_fingerprint=None,
+                  usage=NS(prompt_tokens=3, completion_tokens=2))
+
+    async def call(ep, req):
+        llm = AsyncLLM(ep, Tiny)
+        real, llm.sdk = llm.sdk, NS(chat=NS(completions=NS(create=create)))
+        try:
+            return await llm.call(req)
+        finally:
+            await real.close()
+
+    msgs = [{"role": "user", "content": "hi"}]
+    replies[:] = ["not json", '{"answer": "B"}']
+    ep = Endpoint("e", "http://127.0.0.1:9/v1", "m", top_p=0.9, invalid_retries=1)
+    r = asyncio.run(call(ep, Request("k", msgs, sample=3)))
+    assert (r.status, r.parsed, r.attempts, r.prompt_tokens, r.completion_tokens) == ("ok", {"answer": "B"}, 2, 6, 4)
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert (sent[0]["top_p"], sent[0]["seed"], sent[0]["response_format"]["type"]) == (0.9, 3, "json_schema")
+
+    sent.clear()
+    replies[:] = ['{"answer": "A"}']
+    r = asyncio.run(call(Endpoint("e", "http://127.0.0.1:9/v1", "m", response_format="text"), Request("k", msgs)))
+    assert r.status == "ok" and sorted(sent[0]) == ["max_tokens", "messages", "model", "temperature"]

@@ -1,0 +1,3 @@
+from boostqa.llm.sim.server import _cli
+
+_cli()
