@@ -31,9 +31,14 @@ def _bad_rows():
              b'{"id": "u1", "question": "caf\xe9?", "answer": "x"}',   # 10 not_utf8 (latin-1 byte)
              {"id": "a1", "question": "no answer?"},                   # 11 missing_answer
              {"question": "no id?", "answer": "x"},                    # 12 missing_id
-             good(3)]
+             good(3),
+             '{"id": "d1", "question": "deep?", "answer": "x", "n": ' + "[" * 100 + "]" * 100 + "}",  # 14 too_deep
+             '{"id": "f1", "question": "nan?", "answer": NaN}',        # 15 not_finite
+             {"id": "c1", "question": "nul\u0000?", "answer": "x"},   # 16 bad_chars
+             {"id": "k1", "question": "pick?", "answer": "x", "choices": ["a", "\u200b"]}]  # 17 empty_choice
     expected = {3: "unparseable", 4: "not_an_object", 5: "missing_question", 6: "empty_question", 7: "wrong_type",
-                8: "too_long", 9: "duplicate_row_id", 10: "not_utf8", 11: "missing_answer", 12: "missing_id"}
+                8: "too_long", 9: "duplicate_row_id", 10: "not_utf8", 11: "missing_answer", 12: "missing_id",
+                14: "too_deep", 15: "not_finite", 16: "bad_chars", 17: "empty_choice"}
     return lines, expected
 
 
@@ -49,7 +54,7 @@ def test_every_quarantine_reason(spark, make_settings, bad_source):
     settings = make_settings(sources=[src], ingest={"max_question_chars": 300})
     runner = Runner(settings, spark=spark)
     _, [res] = runner.run(["ingest"])
-    assert (res.kept, res.rejected, res.pending) == (3, 10, 13)
+    assert (res.kept, res.rejected, res.pending) == (3, 14, 17)
     q = {r.source_row: r for r in runner.lake.read("quarantine.seeds").collect()}
     assert {row: r.reason for row, r in q.items()} == expected
     assert set(expected.values()) == set(REASONS)  # the fixture covers every documented reason
@@ -93,7 +98,9 @@ def test_missing_file_fails_and_writes_nothing(spark, make_settings, bad_source,
     runner = Runner(settings, spark=spark)
     with pytest.raises(SourceError, match="source 'gone'.*nope.jsonl"):
         runner.run(["ingest"])
-    assert runner.lake.tables() == []
+    # no data table; the stage's lease (ops.stage_leases) was taken before reading and released
+    assert [t for t in runner.lake.tables() if t != "ops.stage_leases"] == []
+    assert runner.lake.read("ops.stage_leases").count() == 0
 
 
 def test_csv_parquet_json_sources(spark, make_settings, tmp_path):

@@ -85,3 +85,63 @@ def test_write_raw_streams_all_records(tmp_path):
     files, n = write_raw([SourceConfig(name="a", path=str(tmp_path / "a.jsonl"))], tmp_path, str(tmp_path / "r.parquet"))
     assert n == 25_001 and pq.read_metadata(tmp_path / "r.parquet").num_rows == 25_001
     assert files[0].sha256 and files[0].size > 0
+
+
+def test_compressed_bom_utf16_and_cr_only_files(tmp_path):
+    import bz2
+    import codecs
+    import gzip
+
+    import zstandard
+
+    lines = [{"question": f"q{i}"} for i in range(3)]
+    body = "\n".join(json.dumps(x) for x in lines) + "\n"
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(body.encode()))
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(body.encode()))
+    (tmp_path / "c.jsonl.bz2").write_bytes(bz2.compress(body.encode()))
+    (tmp_path / "d.jsonl").write_bytes(codecs.BOM_UTF8 + body.encode())
+    (tmp_path / "e.jsonl").write_bytes(codecs.BOM_UTF16_LE + body.encode("utf-16-le"))
+    (tmp_path / "f.jsonl").write_bytes(body.replace("\n", "\r").encode())
+    for name in ("a.jsonl.gz", "b.jsonl.zst", "c.jsonl.bz2", "d.jsonl", "e.jsonl", "f.jsonl"):
+        recs = records(tmp_path, name)
+        assert [json.loads(r["raw"]) for r in recs] == lines and not any(r["read_error"] for r in recs), name
+        assert [r["source_row"] for r in recs] == [1, 2, 3]
+    # the same line has the same key whether the file was compressed or not
+    assert records(tmp_path, "a.jsonl.gz")[0]["raw"] == records(tmp_path, "d.jsonl")[0]["raw"]
+
+
+def test_unsupported_files_in_a_directory_are_reported(tmp_path, caplog):
+    import logging
+
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"question": "a"}])
+    (tmp_path / "d" / "notes.txt").write_text("hi")
+    (tmp_path / "d" / "_SUCCESS").write_text("")
+
+    class Stats:
+        def __init__(self):
+            self.counters = {}
+
+        def add(self, name, value=1.0):
+            self.counters[name] = self.counters.get(name, 0) + value
+
+    stats = Stats()
+    with caplog.at_level(logging.WARNING, logger="boostqa.sources"):
+        files, n = write_raw([SourceConfig(name="d", path=str(tmp_path / "d"))], tmp_path, str(tmp_path / "r.parquet"),
+                             stats=stats)
+    assert n == 1 and [f.rel for f in files] == ["a.jsonl"]
+    assert stats.counters == {"unsupported_files.d": 1, "hidden_files.d": 1}
+    assert any("notes.txt" in m for m in caplog.messages)
+
+
+def test_glob_semantics_of_spark_listed_paths():
+    from boostqa.sources import _glob_match, _relative
+
+    assert _glob_match(["x.jsonl"], ["**", "*.jsonl"]) and _glob_match(["a", "b", "x.jsonl"], ["**", "*.jsonl"])
+    assert not _glob_match(["a", "x.jsonl"], ["*.jsonl"]) and _glob_match(["a", "x.csv"], ["a", "*.csv"])
+    # engines report paths their own way: Sail without scheme, Spark file:/, Databricks dbfs:/
+    for reported in ("tmp/d/x/1.jsonl", "file:/tmp/d/x/1.jsonl", "file:///tmp/d/x/1.jsonl"):
+        assert _relative(reported, "/tmp/d") == "x/1.jsonl"
+    assert _relative("dbfs:/Volumes/c/s/v/d/sub/a b.jsonl", "/Volumes/c/s/v/d") == "sub/a b.jsonl"
+    assert _relative("file:/tmp/my%20dir/x.jsonl", "/tmp/my dir") == "x.jsonl"  # %-encoded by the engine
+    assert _relative("tmp/d/a%20b.jsonl", "/tmp/d") == "a%20b.jsonl"  # a literal name (Sail reports it as is)
+    assert _relative("s3a://bucket/data/x.jsonl", "s3a://bucket/data") == "x.jsonl"

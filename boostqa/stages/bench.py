@@ -1,7 +1,8 @@
 """bench: benchmark test-set files -> ref.bench_items (reference data for decontamination).
 
-Benchmarks are read exactly like seed sources (same file formats, field mapping and quarantine
-rules), so a user points each entry of ``benchmarks:`` at their copy of MMLU, CMMLU, GSM8K, ...
+Benchmarks are read exactly like seed sources (same file formats, compressed files, tables, field
+mapping and quarantine rules), so a user points each entry of ``benchmarks:`` at their copy of
+MMLU, CMMLU, GSM8K, ...
 """
 
 from __future__ import annotations

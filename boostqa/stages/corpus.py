@@ -1,9 +1,11 @@
 """corpus: general-corpus files -> bronze.corpus (+ quarantine.corpus).
 
 The blend mixes the synthetic QA with a general knowledge/education corpus (BoostQA blends 1:1).
-Documents are read like seed sources (jsonl/json/parquet/csv, local paths, package:// or
-cache://) and keyed by source + file + row + content, so a rerun adds only new or changed rows.
-A row without usable text is quarantined with the file, row and field named.
+Documents are read like seed sources (jsonl/json/parquet/csv/tsv, compressed or not, local paths,
+package://, cache:// or any URI the engine reads, a Delta directory or a catalog table) and keyed
+by source + file + row + content, so a rerun adds only new or changed rows. A row without usable
+text (missing, blank or invisible, NUL/control characters) is quarantined with the file, row and
+field named.
 """
 
 from __future__ import annotations

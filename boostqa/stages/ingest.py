@@ -1,7 +1,9 @@
 """ingest: seed source files -> bronze.seeds (+ quarantine.seeds).
 
-Each raw record is mapped to the seed fields by its source's field mapping; a row that cannot be
-a seed goes to quarantine with a reason and a detail naming file and row. Duplicate row ids
+Each raw record (read from files or tables by ``boostqa.sources``, which never fails on what a
+file holds) is mapped to the seed fields by its source's field mapping; a row that cannot be a
+seed goes to quarantine with a reason and a detail naming file, row and field (the reasons:
+``boostqa.text.records.REASONS``). Duplicate row ids
 within a source keep the first row (by file, then row) and quarantine the others, also against
 rows ingested by earlier runs, so nothing is overwritten or silently skipped.
 """
@@ -39,7 +41,9 @@ def _rules(ctx: StageContext) -> dict[str, Rules]:
     return {s.name: Rules(fields=s.fields.model_dump(), lang=s.lang, require_answer=s.require_answer,
                           max_question_chars=lim.max_question_chars, max_answer_chars=lim.max_answer_chars,
                           max_choices=lim.max_choices, choices_fields=tuple(s.choices_fields),
-                          answer_is_label=s.answer_is_label)
+                          answer_is_label=s.answer_is_label, max_choice_chars=lim.max_choice_chars,
+                          max_subject_chars=lim.max_subject_chars, max_lang_chars=lim.max_lang_chars,
+                          max_id_chars=lim.max_id_chars)
             for s in _declared(ctx)}
 
 
@@ -69,7 +73,8 @@ def parse(ctx: StageContext, raw: DataFrame, existing: DataFrame | None) -> Data
                                 .alias("_prior"), F.col("run_id").alias("_prior_run"))
         parsed = parsed.join(prior, "seed_uid", "left")
     else:
-        parsed = parsed.withColumn("_prior", F.lit(None).cast("string")).withColumn("_prior_run", F.lit(None).cast("string"))
+        parsed = (parsed.withColumn("_prior", F.lit(None).cast("string"))
+                  .withColumn("_prior_run", F.lit(None).cast("string")))
     dup_prior = valid & F.col("_prior").isNotNull()
 
     reason = (F.when(dup_prior | dup_now, F.lit("duplicate_row_id")).otherwise(F.col("_reason")))

@@ -9,24 +9,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-# reason -> what it means (documented in the README; every reason has a test)
+# reason -> what it means (documented in the README; every reason has a test): the verdicts a
+# record of any file can get (tests/test_ingest.py shows each in one jsonl file) ...
 REASONS = {
-    "not_utf8": "the row's bytes are not valid UTF-8",
-    "unparseable": "the row is not valid JSON / CSV",
+    "not_utf8": "the row's bytes are not valid UTF-8 (or a mapped field is binary data that is not UTF-8 text)",
+    "unparseable": "the row is not valid JSON / CSV (incl. a CSV row with an unbalanced quote)",
+    "too_deep": "the row nests deeper than ingest.max_depth (checked before parsing)",
     "not_an_object": "the row parsed, but is not a record (e.g. a JSON array)",
     "missing_question": "the mapped question field is absent or null",
-    "empty_question": "the question is empty or whitespace",
-    "missing_answer": "the source requires answers and the mapped answer field is absent, null or empty",
+    "empty_question": "the question is empty, whitespace or invisible (zero-width, format characters)",
+    "missing_answer": "the source requires answers and the mapped answer field is absent, null or blank",
     "missing_id": "the source maps an id field and the row has none",
     "wrong_type": "a mapped field has the wrong type (e.g. a number for the question, a string for choices)",
-    "too_long": "the question or answer is over the configured length limit",
+    "not_finite": "a mapped field is a NaN or infinite number",
+    "bad_chars": "a mapped text field holds NUL or other control characters, or a lone surrogate",
+    "empty_choice": "one of the choices is blank",
+    "too_long": "a field, the row or the file is over its configured limit (ingest.max_*)",
     "duplicate_row_id": "another row of the same source has the same row id (the first one is kept)",
 }
+# ... the verdicts only files that are not plain UTF-8 text get (tests/test_ingest_hostile.py) ...
+READER_REASONS = {
+    "bad_encoding": "the row's bytes are not valid in the file's UTF-16/UTF-32 encoding (found by BOM or NUL pattern)",
+    "corrupt_file": "the file or its compressed stream is truncated or corrupt (the rows before the damage are kept)",
+}
+# ... and the one no input should ever get: an unforeseen parser failure (a bug) quarantines the
+# row instead of stopping the ingest
+INTERNAL_ERROR = "internal_error"
 
 SEED_COLUMNS = ["seed_uid", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
                 "_reason", "_detail"]
@@ -44,6 +60,10 @@ class Rules:
     max_choices: int
     choices_fields: tuple[str, ...] = ()
     answer_is_label: bool = False
+    max_choice_chars: int = 10_000
+    max_subject_chars: int = 256
+    max_lang_chars: int = 64
+    max_id_chars: int = 512
 
 
 class _Reject(Exception):
@@ -64,11 +84,44 @@ def _get(rec: dict, path: str) -> Any:
     return node
 
 
+# NUL and other C0 controls (tab, newlines, form feed and vertical tab are text), and lone
+# surrogates (from "\ud800"-style escapes: not characters; Arrow cannot even store them)
+_BAD_CHARS = re.compile("[\x00-\x08\x0e-\x1f\ud800-\udfff]")
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # fillers and the blank braille cell
+_BLANK_CATEGORIES = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"))
+
+
+def _check_chars(text: str, field: str, path: str | None) -> str:
+    m = _BAD_CHARS.search(text)
+    if m:
+        ch = m.group()
+        what = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a NUL" if ch == "\x00" else "a control character"
+        raise _Reject("bad_chars", f"field {field!r} (from {path!r}) holds {what} (U+{ord(ch):04X}) "
+                                   f"at offset {m.start()}")
+    return text
+
+
+def is_blank(text: str) -> bool:
+    """Nothing visible: whitespace, zero-width and format characters, lone combining marks."""
+    for ch in text:
+        if not (ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) in _BLANK_CATEGORIES):
+            return False
+    return True
+
+
+def _binary(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"$base64"}
+
+
 def _scalar_text(value: Any, field: str, path: str) -> str:
     if isinstance(value, str):
-        return value
+        return _check_chars(value, field, path)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Reject("not_finite", f"field {field!r} (from {path!r}) is {value}, not a finite number")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if _binary(value):
+        raise _Reject("not_utf8", f"field {field!r} (from {path!r}) is binary data that is not UTF-8 text")
     raise _Reject("wrong_type", f"field {field!r} (from {path!r}) is {type(value).__name__}, expected string or number")
 
 
@@ -80,7 +133,7 @@ def _label_to_choice(label: str, choices: list[str] | None) -> str:
     """'C' or '2' -> the text of that choice, so n-grams and embeddings see the real answer."""
     label = label.strip().rstrip(".):")
     idx = ord(label.upper()) - ord("A") if len(label) == 1 and label.isalpha() else \
-        int(label) if label.isdigit() else -1
+        int(label) if label.isdecimal() and len(label) <= 4 else -1
     if not choices or not 0 <= idx < len(choices):
         raise _Reject("wrong_type", f"answer label {label!r} does not name one of {len(choices or [])} choices")
     return choices[idx]
@@ -103,6 +156,7 @@ def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, lo
     subject, lang = _optional_text(rec, f, "subject"), _optional_text(rec, f, "lang")
     row_id = _row_id(rec, f.get("id"), locator)
     _check_lengths(q, answer, rules)
+    _check_other_lengths(choices, subject, lang, row_id if f.get("id") else None, rules)
     return {"seed_uid": seed_uid(source, row_id), "source_row_id": row_id, "question": q, "answer": answer,
             "choices": choices, "subject_hint": subject, "lang": lang or rules.lang}
 
@@ -114,7 +168,9 @@ def _load_object(raw: str, read_error: str | None) -> dict:
         raise _Reject(reason, detail or read_error)
     try:
         rec = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except RecursionError:
+        raise _Reject("too_deep", "the record nests too deep to parse") from None
+    except ValueError as e:  # JSONDecodeError, and ints over Python's digit limit
         raise _Reject("unparseable", f"invalid JSON: {e}") from None
     if not isinstance(rec, dict):
         raise _Reject("not_an_object", f"expected a JSON object, got {type(rec).__name__}")
@@ -135,11 +191,16 @@ def _question(rec: dict, q_path: str) -> str:
     q = _lookup(rec, q_path)
     if q is None:
         raise _Reject("missing_question", f"no question field {q_path!r}")
+    if _binary(q):
+        raise _Reject("not_utf8", f"field 'question' (from {q_path!r}) is binary data that is not UTF-8 text")
     if not isinstance(q, str):
         raise _Reject("wrong_type", f"field 'question' (from {q_path!r}) is {type(q).__name__}, expected string")
-    q = q.strip()
+    q = _check_chars(q, "question", q_path).strip()
     if not q:
         raise _Reject("empty_question", f"field {q_path!r} is empty")
+    if is_blank(q):
+        raise _Reject("empty_question", f"field {q_path!r} has no visible character (only zero-width/format "
+                                        f"characters or marks: {q[:8].encode('unicode_escape').decode()})")
     return q
 
 
@@ -148,7 +209,10 @@ def _optional_text(rec: dict, fields: dict[str, str | None], name: str) -> str |
     null or blank, so callers need one test for "no value"."""
     path = fields.get(name)
     v = _lookup(rec, path)
-    return None if v is None else _scalar_text(v, name, path).strip() or None
+    if v is None:
+        return None
+    text = _scalar_text(v, name, path).strip()
+    return None if not text or is_blank(text) else text
 
 
 def _choices(rec: dict, rules: Rules) -> list[str] | None:
@@ -156,8 +220,9 @@ def _choices(rec: dict, rules: Rules) -> list[str] | None:
     list/dict field (a dict's values in key order, "A", "B", ...), capped at ``max_choices``."""
     if rules.choices_fields:
         parts = [_get(rec, p) for p in rules.choices_fields]
-        return [_scalar_text(x, "choices[]", p).strip() for x, p in zip(parts, rules.choices_fields)
-                if x is not _MISSING and x is not None]
+        choices = [_scalar_text(x, "choices[]", p).strip() for x, p in zip(parts, rules.choices_fields)
+                   if x is not _MISSING and x is not None]
+        return _no_blank_choice(choices, ", ".join(rules.choices_fields))
     path = rules.fields.get("choices")
     c = _lookup(rec, path)
     if c is None:
@@ -166,9 +231,16 @@ def _choices(rec: dict, rules: Rules) -> list[str] | None:
         c = [c[k] for k in sorted(c)]
     if not isinstance(c, list):
         raise _Reject("wrong_type", f"field 'choices' (from {path!r}) is {type(c).__name__}, expected list")
+    if len(c) > rules.max_choices:
+        raise _Reject("wrong_type", f"{len(c)} choices > limit {rules.max_choices}")
     choices = [_scalar_text(x, "choices[]", path) for x in c]
-    if len(choices) > rules.max_choices:
-        raise _Reject("wrong_type", f"{len(choices)} choices > limit {rules.max_choices}")
+    return _no_blank_choice(choices, path)
+
+
+def _no_blank_choice(choices: list[str], path: str | None) -> list[str]:
+    for i, c in enumerate(choices):
+        if is_blank(c):
+            raise _Reject("empty_choice", f"field 'choices[{i}]' (from {path!r}) is blank")
     return choices
 
 
@@ -177,7 +249,7 @@ def _row_id(rec: dict, id_path: str | None, locator: str) -> str:
     if not id_path:
         return locator
     rid = _lookup(rec, id_path)
-    if rid is None or rid == "":
+    if rid is None or rid == "" or isinstance(rid, str) and is_blank(rid):
         raise _Reject("missing_id", f"no id in field {id_path!r}")
     return _scalar_text(rid, "id", id_path)
 
@@ -188,6 +260,19 @@ def _check_lengths(q: str, answer: str | None, rules: Rules) -> None:
         raise _Reject("too_long", f"question has {len(q)} chars > limit {rules.max_question_chars}")
     if answer is not None and len(answer) > rules.max_answer_chars:
         raise _Reject("too_long", f"answer has {len(answer)} chars > limit {rules.max_answer_chars}")
+
+
+def _check_other_lengths(choices: list[str] | None, subject: str | None, lang: str | None, row_id: str | None,
+                         rules: Rules) -> None:
+    """Every other text a seed carries has a limit too (they reach prompts and paid endpoints)."""
+    for i, c in enumerate(choices or ()):
+        if len(c) > rules.max_choice_chars:
+            raise _Reject("too_long", f"choices[{i}] has {len(c)} chars > limit {rules.max_choice_chars} "
+                                      "(ingest.max_choice_chars)")
+    for name, text, limit in (("subject", subject, rules.max_subject_chars), ("lang", lang, rules.max_lang_chars),
+                              ("id", row_id, rules.max_id_chars)):
+        if text is not None and len(text) > limit:
+            raise _Reject("too_long", f"{name} has {len(text)} chars > limit {limit} (ingest.max_{name}_chars)")
 
 
 def parse_batch(pdf: pd.DataFrame, rules_by_source: dict[str, Rules]) -> pd.DataFrame:
@@ -201,9 +286,17 @@ def parse_batch(pdf: pd.DataFrame, rules_by_source: dict[str, Rules]) -> pd.Data
             rec["_reason"] = rec["_detail"] = None
         except _Reject as r:
             rec = dict.fromkeys(SEED_COLUMNS)
-            rec["_reason"], rec["_detail"] = r.reason, f"{locator}: {r.detail}"
+            rec["_reason"], rec["_detail"] = r.reason, _safe(f"{locator}: {r.detail}")
+        except Exception as e:  # never let one row stop the ingest
+            rec = dict.fromkeys(SEED_COLUMNS)
+            rec["_reason"], rec["_detail"] = INTERNAL_ERROR, _safe(f"{locator}: {type(e).__name__}: {e}")
         out.append(rec)
     return pd.DataFrame(out, columns=SEED_COLUMNS)
+
+
+def _safe(text: str) -> str:
+    """A detail Arrow can store (a lone surrogate quoted from the data is escaped)."""
+    return text.encode("utf-8", "backslashreplace").decode()
 
 
 DOCUMENT_COLUMNS = ["record_key", "source_row_id", "text", "_reason", "_detail"]
@@ -223,8 +316,8 @@ def parse_documents(raw: pd.DataFrame, text_field: dict[str, str], id_field: dic
             continue
         try:
             rec = json.loads(body)
-        except ValueError as e:
-            out.append((key, None, None, "unparseable", f"{where}: {e}"))
+        except (ValueError, RecursionError) as e:
+            out.append((key, None, None, "unparseable", f"{where}: {type(e).__name__}: {e}"))
             continue
         field = text_field[src]
         text = _get(rec, field) if isinstance(rec, dict) else None
@@ -234,9 +327,14 @@ def parse_documents(raw: pd.DataFrame, text_field: dict[str, str], id_field: dic
             out.append((key, None, None, "missing_text", f"{where}: no field '{field}'"))
         elif not isinstance(text, str):
             out.append((key, None, None, "bad_text_type", f"{where}: field '{field}' is {type(text).__name__}"))
-        elif not text.strip():
+        elif not text.strip() or is_blank(text):
             out.append((key, None, None, "empty_text", f"{where}: field '{field}' is blank"))
+        elif _BAD_CHARS.search(text):
+            m = _BAD_CHARS.search(text)
+            out.append((key, None, None, "bad_chars", f"{where}: field '{field}' holds U+{ord(m.group()):04X} "
+                                                      f"at offset {m.start()}"))
         else:
             rid = _get(rec, id_field[src]) if id_field[src] else None
-            out.append((key, None if rid is None or rid is _MISSING else str(rid), text, None, None))
+            rid = None if rid is None or rid is _MISSING else _safe(str(rid))
+            out.append((key, rid, text, None, None))
     return pd.DataFrame(out, columns=DOCUMENT_COLUMNS)
