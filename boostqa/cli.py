@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from boostqa.config import ConfigError, Settings, load_settings
 
@@ -45,7 +47,7 @@ def _session(profile: str | None):
 
 
 def _fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -122,16 +124,20 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
     console.print(table)
     for r in results:
         for ref in r.outputs:
-            console.print(f"  {r.stage} -> [cyan]{ref.name}[/] version {ref.version}  ({ref.location})")
+            console.print(f"  {r.stage} -> [cyan]{ref.name}[/] version {ref.version}  ({escape(ref.location)})")
     if settings.tracking.enabled:
-        console.print(f"MLflow: {settings.tracking_uri()}  experiment {settings.tracking.experiment!r}, "
-                      f"pipeline run {run_id}  (boostqa lineage {run_id})")
+        console.print(escape(f"MLflow: {settings.tracking_uri()}  experiment {settings.tracking.experiment!r}, "
+                             f"pipeline run {run_id}  (boostqa lineage {run_id})"))
     simulated = [r.stage for r in results if r.stats.get("llm_simulated")]
     if simulated:
         console.print(f"[bold yellow]SIMULATED LLM: {', '.join(simulated)} got their answers from boostqa's "
                       "simulator, not a real model (rows are labelled llm_simulated = true)[/]")
-    if any(not r.complete for r in results):
-        console.print("[yellow]stopped before the end: rerun the same command to finish what is left[/]")
+    problems = runner.problems(run_id, results)
+    if problems:  # exit 1: the run did not finish its work (2 is for errors)
+        console.print("[yellow]work left: rerun the same command to finish it[/]")
+        for line in problems:
+            console.print(f"  {escape(line)}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("stages")
@@ -167,10 +173,24 @@ def _print_df(pdf, fmt: str, title: str | None = None) -> None:
     elif fmt == "json":
         sys.stdout.write(pdf.to_json(orient="records", lines=True, force_ascii=False, date_format="iso"))
     else:
-        table = Table(*[str(c) for c in pdf.columns], title=title, show_lines=False)
+        table = Table(*[escape(str(c)) for c in pdf.columns], title=escape(title) if title else None,
+                      show_lines=False)
         for row in pdf.itertuples(index=False):
-            table.add_row(*[_cell(v) for v in row])
+            table.add_row(*[Text(_cell(v)) for v in row])  # data is text, never rich markup
         console.print(table)
+
+
+_READ_ONLY = ("select", "with", "show", "describe", "desc", "explain", "values", "table", "from")
+
+
+def _read_only(query: str) -> bool:
+    """A query that only reads: its first keyword (comments and parentheses skipped) reads, and it
+    is a single statement."""
+    import re
+
+    text = re.sub(r"--[^\n]*|/\*.*?\*/", " ", query, flags=re.S).strip().lstrip("(").strip()
+    first = text.split(None, 1)[0].lower() if text else ""
+    return first in _READ_ONLY and ";" not in text.rstrip().rstrip(";")
 
 
 def _cell(v) -> str:
@@ -187,8 +207,15 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | js
 @_guard
 def sql(query: Annotated[str, typer.Argument(help="Spark SQL; lake tables by logical name, e.g. bronze.seeds")],
         profile: ProfileOpt = None, fmt: FormatOpt = "table",
-        limit: Annotated[int, typer.Option(help="max rows printed")] = 1000):
-    """Run Spark SQL over the lake (every table registered under its logical name)."""
+        limit: Annotated[int, typer.Option(help="max rows printed")] = 1000,
+        write: Annotated[bool, typer.Option("--write", help="allow statements that change tables "
+                                            "(DELETE/UPDATE/INSERT/MERGE/DROP...): they bypass the stages' "
+                                            "key checks and can break idempotency")] = False):
+    """Run Spark SQL over the lake (every table registered under its logical name); read-only
+    unless --write."""
+    if not write and not _read_only(query):
+        _fail(f"boostqa sql is read-only: {query.split(None, 1)[0].upper()} changes tables (a DELETE or INSERT "
+              "bypasses the stages' insert-only keys); add --write if you mean it")
     session = _session(profile)
     session.lake.register_sql_names()
     _print_df(session.spark.sql(query).limit(limit).toPandas(), fmt)
@@ -272,16 +299,34 @@ def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help
 @app.command()
 @_guard
 def report(profile: ProfileOpt = None):
-    """Synthesis report: degradation matrix, booster effect, refinement, rejections, calls and tokens."""
+    """Synthesis report: degradation (Table A4, levels), booster effect, truncation, discipline drift,
+    refinement, rejections, calls and tokens."""
+    import pandas as pd
+
     from boostqa.reports import synthesis_report
 
     rep = synthesis_report(_session(profile).lake)
-    _print_df(rep["degradation_matrix"], "table", title="degradation: requested level x re-annotated level")
+    _print_df(rep["degradation_matrix"], "table",
+              title="degradation (Table A4): requested multigrade role x re-annotated grade stage")
+    _print_df(rep["level_matrix"], "table", title="degradation: requested level x re-annotated level")
     b = rep["booster"]
     if b:
-        console.print(f"H4/H5 share of accepted QA: {b['h4_h5_share_with_booster']:.1%} with the booster, "
-                      f"{b['h4_h5_share_without_booster']:.1%} multigrade only -> x{b['booster_ratio']} "
-                      "(the paper reports 1.96x)")
+        _print_df(pd.DataFrame.from_dict(b["by_mode"], orient="index").rename_axis("mode").reset_index(), "table",
+                  title="booster vs multigrade: pre-filter H4/H5 share and acceptance")
+        e = b["equal_budget"]
+        console.print(f"equal budget ({e['seeds']} seeds with both modes): accepted H4/H5 per planned task "
+                      f"{e['booster_h4_h5_per_task']} booster ({e['booster_h4_h5_accepted']}/{e['booster_tasks']}) vs "
+                      f"{e['multigrade_h4_h5_per_task']} multigrade ({e['multigrade_h4_h5_accepted']}/"
+                      f"{e['multigrade_tasks']}) -> x{e['booster_vs_multigrade']} (the paper reports 1.96x more H4/H5)")
+        for k, v in b["meaning"].items():
+            console.print(f"  {k}: {v}", style="dim", markup=False)
+    _print_df(rep["truncation"], "table", title="truncated (max_tokens hit after re-asks) per requested level")
+    d = rep["discipline_drift"]
+    if d:
+        console.print(f"discipline drift: {d['drifted']} of {d['qa']} accepted QA ({d['drift_%']}%) re-annotated "
+                      "in another top-level discipline than their seed")
+        _print_df(d["by_discipline"], "table", title="discipline drift per seed discipline")
+        _print_df(d["top_pairs"], "table", title="top drifts: seed -> re-annotated discipline")
     r = rep["refinement"]
     if r:
         console.print(f"refinement: {r['refined']} refined, unsolvable {r['unsolvable_%']}%, inconsistent "
@@ -386,7 +431,7 @@ def assets_list(profile: ProfileOpt = None):
         t.add_row(a.name, a.requirement, a.license, "yes" if (cache / a.name / a.file).exists() else "no",
                   a.description)
     console.print(t)
-    console.print(f"cache: {cache}")
+    console.print(escape(f"cache: {cache}"))
 
 
 @assets_app.command("fetch")
@@ -397,9 +442,9 @@ def assets_fetch(names: Annotated[list[str] | None, typer.Argument(help="assets 
     from boostqa.assets import fetch
 
     cache = _settings(profile).cache_dir()
-    paths = fetch(names or None, cache, force=force, on_event=lambda m: console.print(f"  {m}"))
+    paths = fetch(names or None, cache, force=force, on_event=lambda m: console.print(f"  {escape(m)}"))
     for name, path in paths.items():
-        console.print(f"[green]{name}[/] -> {path}")
+        console.print(f"[green]{name}[/] -> {escape(str(path))}")
 
 
 def main() -> None:  # python -m boostqa

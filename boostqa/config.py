@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "BOOSTQA__"
-_SECRET_KEY = re.compile(r"(?i)(secret|password|token|api_?key)(?!_env)")
+# key names whose values are secrets (masked wherever settings are logged); "max_tokens", the
+# "tokens" section and "api_key_env" (the variable's name) are not
+_SECRET_KEY = re.compile(r"(?i)(?:^|_)(?:api_?key|secret|password|passwd|credentials?|(?:access_|auth_|bearer_)?token)$")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,9 @@ class TrackingConfig(_Model):
 class RunnerConfig(_Model):
     chunk_rows: int = Field(100_000, ge=1)  # rows per committed chunk: a crash loses at most one
     commit_retries: int = Field(5, ge=0)  # retries of a MERGE that lost a concurrent-commit race
+    lease_seconds: float = Field(120.0, gt=0)  # a stage's lease (one run per stage and lake) lapses this long after its holder dies
+    lease_wait_seconds: float = Field(0.0, ge=0)  # how long a second run of a stage waits before it gives up
+    max_feedback_passes: int = Field(3, ge=0)  # reruns of a feedback loop (check -> synthesize) within one run
 
 
 class FieldMap(_Model):
@@ -66,22 +71,57 @@ class FieldMap(_Model):
 
 class SourceConfig(_Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    path: str  # file, directory or glob; prefixes package:// (bundled) and cache:// (assets)
-    format: Literal["jsonl", "json", "parquet", "csv"] | None = None  # default: from extension
+    # a file, directory or glob (``**`` recurses): a local path, package:// (bundled), cache://
+    # (assets) or any URI the engine reads (file://, s3a://, abfss://, dbfs:/, /Volumes/...);
+    # with format: delta, a Delta table's directory
+    path: str | None = None
+    table: str | None = None  # a catalog table (catalog.schema.name) instead of files
+    # default: from the extension (.jsonl/.ndjson, .json, .csv, .tsv, .parquet, each optionally
+    # .gz/.zst/.bz2/.xz); set it to read every file of a directory in one format
+    format: Literal["jsonl", "json", "parquet", "csv", "tsv", "delta"] | None = None
     weight: float = Field(1.0, gt=0)  # mixing weight of this source in synthesis sampling
     lang: str = "en"  # default language when the record has none
     require_answer: bool = True
     fields: FieldMap = FieldMap()
     choices_fields: list[str] = []  # choices spread over several fields (MMLU answer_a..d, GPQA answers)
     answer_is_label: bool = False  # the answer is a choice label (A, B, ... or 0, 1, ...): store the choice text
-    csv_delimiter: str = ","
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
     enabled: bool = True  # declared but skipped (e.g. a benchmark you have no copy of yet)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> SourceConfig:
+        if (self.path is None) == (self.table is None):
+            raise ValueError(f"source {self.name!r}: set exactly one of path (files, or a Delta directory "
+                             "with format: delta) and table (a catalog table)")
+        if self.table is not None and self.format not in (None, "delta"):
+            raise ValueError(f"source {self.name!r}: a table source has no file format (got format: {self.format})")
+        if self.csv_delimiter in "\"\r\n":
+            raise ValueError(f"source {self.name!r}: csv_delimiter cannot be a quote or a newline")
+        return self
 
 
 class IngestConfig(_Model):
+    """Limits of ingestion: every text a seed carries is bounded (it reaches prompts and paid
+    endpoints), and so are a record, its nesting and a file, so no input can stop the run."""
+
     max_question_chars: int = Field(20_000, ge=1)
     max_answer_chars: int = Field(50_000, ge=1)
     max_choices: int = Field(26, ge=2)
+    max_choice_chars: int = Field(10_000, ge=1)  # each choice
+    max_subject_chars: int = Field(256, ge=1)
+    max_lang_chars: int = Field(64, ge=1)
+    max_id_chars: int = Field(512, ge=1)  # the source's own row id
+    # a whole record (jsonl line, json element, csv/parquet row as JSON, table row); also the csv
+    # field-size limit. Larger rows are quarantined as too_long before they are parsed
+    max_record_chars: int = Field(1_000_000, ge=1_000)
+    max_depth: int = Field(64, ge=2, le=500)  # JSON nesting (checked before parsing; Python recursion is ~1000)
+    max_file_mb: int = Field(2048, ge=1)  # one file after decompression (a larger one is one too_long row)
+    # local sources up to this many MB in total are read on the driver, larger ones (and every
+    # URI or table source, or a non-local staging area) by Spark on the executors; 0 = always
+    # Spark. Measured on the embedded engine (benchmarks/ingest_bench.py, 2 cores): the driver
+    # won at every size up to 123 MB (demo 0.06 s vs 0.14 s; 123 MB 2.7 s vs 4.2 s); above this
+    # threshold a cluster's executors are expected to win, and one driver should not hold it all
+    driver_max_mb: float = Field(64.0, ge=0)
 
 
 class NormalizeConfig(_Model):
@@ -109,7 +149,7 @@ class DedupConfig(_Model):
 
 class EmbeddingConfig(_Model):
     enabled: bool = True
-    backend: Literal["local", "openai"] = "local"  # local: all-MiniLM-L6-v2 on CPU
+    backend: Literal["onnx", "torch", "openai"] = "onnx"  # onnx: int8 MiniLM, no torch; torch: fp32 (embed-torch)
     threshold: float = Field(0.92, gt=0, le=1)  # cosine at or above which a seed matches a benchmark item
     batch_size: int = Field(64, ge=1)
     threads: int = Field(1, ge=1)
@@ -128,24 +168,31 @@ class DecontamConfig(_Model):
 
 class EndpointConfig(_Model):
     """One OpenAI-compatible endpoint. ``base_url: simulator`` starts boostqa's own simulator
-    (a real HTTP server on loopback) for the run, and every output is labelled simulated."""
+    (a real HTTP server on loopback, speaking the provider's dialect) for the run, and every
+    output is labelled simulated."""
 
     base_url: str
     model: str
+    # the service's dialect (boostqa/llm/providers.py): output modes, reasoning, budget, sampling
+    provider: Literal["deepseek", "openai", "vllm", "sglang", "llamacpp", "databricks",
+                      "openai_compatible"] = "openai_compatible"
+    reasoning: bool = False  # a reasoning model (R1-class): its chain of thought counts in max_tokens
     api_key_env: str | None = None  # the env var that holds the key (never the key)
     max_concurrency: int = Field(16, ge=1)  # requests in flight, over all Spark tasks
     rpm: float | None = Field(None, gt=0)  # requests per minute, over all tasks
     tpm: float | None = Field(None, gt=0)  # tokens per minute (prompt estimate + max_tokens)
     timeout: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
-    invalid_retries: int = Field(1, ge=0)  # asks again when the output does not parse
+    invalid_retries: int = Field(0, ge=0)  # asks the same request again when the output does not parse
+    blank_retries: int = Field(2, ge=0)  # asks again after blank content (DeepSeek json mode does that)
     backoff_base: float = Field(0.5, ge=0)
     backoff_max: float = Field(30.0, ge=0)
     breaker_failures: int = Field(20, ge=0)  # consecutive failures that stop a task hammering an endpoint
     temperature: float = 0.0
     top_p: float | None = None
-    max_tokens: int = Field(1024, ge=1)
-    response_format: Literal["json_schema", "json_object", "text"] = "json_schema"
+    max_tokens: int = Field(1024, ge=1)  # the whole output budget, reasoning included where the provider counts it
+    # auto: the provider's best mode; a 400 about response_format falls back json_schema -> json_object -> text
+    response_format: Literal["auto", "json_schema", "json_object", "text"] = "auto"
     est_completion_tokens: int = Field(300, ge=0)  # for `boostqa plan`
     price_input_per_mtok: float = Field(0.0, ge=0)  # USD per million prompt tokens, for `boostqa plan`
     price_output_per_mtok: float = Field(0.0, ge=0)
@@ -161,6 +208,8 @@ class LLMConfig(_Model):
     endpoints: dict[str, EndpointConfig] = {}
     parallel_tasks: int = Field(2, ge=1)  # Spark tasks calling at once; each gets 1/N of every budget
     chunk_rows: int = Field(500, ge=1)  # rows per committed chunk in LLM stages
+    reasks: int = Field(2, ge=0)  # an invalid or truncated answer is asked again (new sample index) this often
+    journal_rows: int = Field(20, ge=1)  # answered calls per journal file: a kill re-pays at most this many per task
     simulator: SimulatorConfig = SimulatorConfig()
 
 
@@ -172,12 +221,23 @@ class AnnotateConfig(_Model):
 class ProbeConfig(_Model):
     endpoint: str = "probe"  # the model under mid-training, behind an OpenAI-compatible server
     prompt: str = "probe"
+    # chat: an instruction-tuned checkpoint answers in free text; completions: a base checkpoint
+    # continues base_prompt (few-shot), multiple choice scored by option-letter log-probabilities
+    api: Literal["chat", "completions"] = "chat"
+    base_prompt: str = "probe_base"
+    logprobs: int = Field(5, ge=0, le=20)  # top log-probabilities asked for on completions (0: score the text)
+    base_max_tokens: int = Field(16, ge=1)  # a base model's answer is a few tokens
     checkpoint: str | None = None  # label of the probed checkpoint (default: the endpoint's model)
     per_cell: int = Field(20, ge=1)  # probe questions per discipline x difficulty cell
     seed: int = 0
     floor: float = Field(0.1, ge=0, le=1)  # minimum weight of a cell the model already masters
+    # measured: the STEM and H-level emphases are the probe's error-rate ratios (STEM vs non-STEM,
+    # level vs all), clamped to [1, max_boost]; config: the fixed values below
+    boosts: Literal["measured", "config"] = "measured"
+    max_boost: float = Field(3.0, ge=1)
+    min_boost_probes: int = Field(20, ge=1)  # fewer probes in a group: its configured value is kept
     stem_boost: float = Field(1.5, gt=0)  # STEM emphasis (BoostQA synthesises STEM first)
-    difficulty_boost: dict[str, float] = {"H4": 1.5, "H5": 2.0}  # the difficulty booster
+    difficulty_boost: dict[str, float] = {"H4": 1.5, "H5": 2.0}  # the difficulty booster (levels boosted)
     shrinkage: float = Field(5.0, ge=0)  # pseudo-probes pulling a thin cell towards overall accuracy
 
 
@@ -230,7 +290,8 @@ class GateConfig(_Model):
 
 
 class CorpusSourceConfig(SourceConfig):
-    """A general-corpus source (documents, not QA): read like a seed source, one text field."""
+    """A general-corpus source (documents, not QA): read like a seed source (files, a Delta
+    directory or a catalog table), one text field."""
 
     text_field: str = "text"  # dotted path allowed
     id_field: str | None = None  # the source's own document id, if any (else file + row)
@@ -347,6 +408,11 @@ class Settings(_Model):
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log: any secret-looking value is masked."""
         return _redact(self.model_dump(mode="json"))
+
+
+def redact(obj: Any) -> Any:
+    """A dict/list copy with every secret-named key's value masked."""
+    return _redact(obj)
 
 
 def _redact(obj: Any) -> Any:

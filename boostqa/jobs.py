@@ -93,7 +93,22 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0: every stage finished its work; 1: work left (rows deferred, chunks left); 2: an error the
+    message explains (bad config, unreachable endpoint, missing input)."""
     args = parse(argv)
+    from boostqa.config import ConfigError
+    from boostqa.lake import LakeError
+    from boostqa.runner import StageError
+    from boostqa.sources import SourceError
+
+    try:
+        return _run(args)
+    except (ConfigError, StageError, LakeError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from boostqa.runner import Runner
 
     settings = load_settings(args.profile, overrides=overrides(args.set))
@@ -103,18 +118,18 @@ def main(argv: list[str] | None = None) -> int:
               f"rejected {p.rejected} deferred {p.deferred} elapsed {p.elapsed:.0f}s"
               + (f" eta {p.eta:.0f}s" if p.eta is not None else ""), flush=True)
 
-    run_id, results = Runner(settings, progress=report).run(args.stages or None, args.run_id, args.max_chunks,
-                                                             skip_missing=True)
+    runner = Runner(settings, progress=report)
+    run_id, results = runner.run(args.stages or None, args.run_id, args.max_chunks, skip_missing=True)
     for r in results:
         if r.skipped:
             print(f"[{r.stage}] skipped: {r.skipped}", flush=True)
             continue
         print(f"[{r.stage}] pending {r.pending} kept {r.kept} rejected {r.rejected} deferred {r.deferred} "
               f"chunks {r.chunks_done}/{r.chunks_total} rejected_by_reason {r.rejected_by_reason}", flush=True)
-    incomplete = [r.stage for r in results if not r.complete]
-    if incomplete:
-        print(f"run {run_id}: incomplete stages {incomplete}; rerun to finish", flush=True)
-    return 0
+    problems = runner.problems(run_id, results)
+    for line in problems:  # a scheduled job that left work fails its task: it is not green with empty tables
+        print(f"run {run_id}: work left: {line}", flush=True)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

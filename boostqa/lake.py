@@ -27,6 +27,8 @@ from boostqa.config import LakeConfig
 
 LAYERS = ("ref", "bronze", "silver", "gold", "quarantine", "ops")
 _NAME = re.compile(r"^(%s)\.([a-z][a-z0-9_]*)$" % "|".join(LAYERS))
+# one component of a staging path (run id, stage, chunk): no separator, no "..", nothing hidden
+_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class LakeError(RuntimeError):
@@ -74,6 +76,18 @@ def _is_commit_conflict(e: Exception) -> bool:
                                    "concurrent", "CommitFailed", "version already exists"))
 
 
+def retry_conflicts(commit, retries: int):
+    """Run a Delta commit, again after a lost concurrent-commit race (safe for insert-only merges
+    and conditional updates, which re-read the table)."""
+    for attempt in range(retries + 1):
+        try:
+            return commit()
+        except Exception as e:
+            if attempt >= retries or not _is_commit_conflict(e):
+                raise
+            time.sleep(min(0.2 * 2 ** attempt, 5.0))
+
+
 class Lake:
     def __init__(self, spark: SparkSession, cfg: LakeConfig, commit_retries: int = 5):
         self.spark, self.cfg, self.commit_retries = spark, cfg, commit_retries
@@ -91,10 +105,31 @@ class Lake:
         loc = self.location(name)
         return loc if self.catalog_mode else f"delta.`{loc}`"
 
-    def staging_path(self, *parts: str) -> str:
+    @property
+    def staging_root(self) -> str:
         """Scratch space for materialised chunk results (always a path, also in catalog mode)."""
         root = self.cfg.root if "://" in self.cfg.root else str(Path(self.cfg.root).resolve())
-        return "/".join([root.rstrip("/"), "_staging", *parts])
+        return f"{root.rstrip('/')}/_staging"
+
+    def staging_path(self, *parts: str) -> str:
+        """A directory under the staging root; every part must be a plain name (a run id from the
+        command line cannot reach outside the lake)."""
+        for part in parts:
+            if not _PART.match(part) or ".." in part:
+                raise LakeError(f"refused staging path part {part!r}: letters, digits, '.', '_', '-' only "
+                                "(at most 128, no '..')")
+        return "/".join([self.staging_root, *parts])
+
+    def journal_path(self, *parts: str) -> str:
+        """Where LLM calls are journalled until their chunk commits (beside the staging root)."""
+        return self.staging_path(*parts).replace("/_staging/", "/_journal/", 1)
+
+    def inside_staging(self, path: str) -> bool:
+        """True when ``path`` is the staging root or below it (checked before anything is deleted)."""
+        if "://" in path:
+            return path.startswith(self.staging_root + "/")
+        root, p = Path(self.staging_root).resolve(), Path(path).resolve()
+        return p == root or root in p.parents
 
     # ---------- reading
     def exists(self, name: str) -> bool:
@@ -131,14 +166,34 @@ class Lake:
         return self.read(name).schema
 
     # ---------- writing
-    def _check(self, df: DataFrame, name: str) -> DataFrame:
+    def _check(self, df: DataFrame, name: str, evolve: bool = False) -> DataFrame:
+        """The rows in the table's column order. With ``evolve``, columns the table lacks are added
+        to it first (explicit schema evolution: Sail would drop them silently); any other
+        difference, and any difference without ``evolve``, is refused."""
         if not self.exists(name):
             return df
         want = self.schema(name)
         problems = schema_problems(df.schema, want)
+        if evolve and set(problems) == {"extra"}:
+            self._add_columns(name, [f for f in df.schema.fields if f.name in problems["extra"]])
+            want = self.schema(name)
+            problems = schema_problems(df.schema, want)
         if problems:
             raise SchemaMismatch(f"schema mismatch writing {name} ({self.location(name)}): {problems}")
         return df.select(*want.fieldNames())
+
+    def _add_columns(self, name: str, fields) -> None:
+        """Add nullable columns to an existing table (rows written before read them as null)."""
+        if self.catalog_mode:
+            cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in fields)
+            self.spark.sql(f"ALTER TABLE {self.location(name)} ADD COLUMNS ({cols})")
+            return
+        import json
+
+        from deltalake import Field
+
+        self._delta_rs(name).alter.add_columns(
+            [Field.from_json(json.dumps({**f.jsonValue(), "nullable": True})) for f in fields])
 
     def _save(self, df: DataFrame, name: str, mode: str) -> None:
         w = df.write.format("delta").mode(mode)
@@ -154,11 +209,12 @@ class Lake:
         else:
             w.save(self.location(name))
 
-    def create(self, name: str, schema: StructType) -> bool:
-        """Create an empty table with this schema if missing; True when it was created."""
+    def create(self, name: str, schema: StructType, evolve: bool = False) -> bool:
+        """Create an empty table with this schema if missing; True when it was created. An existing
+        table must have the same columns (with ``evolve``: at least a subset of them)."""
         if self.exists(name):
             problems = schema_problems(schema, self.schema(name))
-            if problems:
+            if problems and not (evolve and set(problems) == {"extra"}):  # added by the write (_check)
                 raise SchemaMismatch(f"{name} exists with another schema: {problems}")
             return False
         if self.catalog_mode:
@@ -174,37 +230,31 @@ class Lake:
             return False
         return True
 
-    def append(self, df: DataFrame, name: str) -> int | None:
-        self._save(self._check(df, name), name, "append")
+    def append(self, df: DataFrame, name: str, evolve: bool = False) -> int | None:
+        self._save(self._check(df, name, evolve), name, "append")
         return self.version(name)
 
-    def overwrite(self, df: DataFrame, name: str) -> int | None:
+    def overwrite(self, df: DataFrame, name: str, evolve: bool = False) -> int | None:
         """Replace the content (old versions stay readable by time travel)."""
-        self._save(self._check(df, name), name, "overwrite")
+        self._save(self._check(df, name, evolve), name, "overwrite")
         return self.version(name)
 
-    def insert_new(self, df: DataFrame, name: str, keys: tuple[str, ...] | list[str]) -> int | None:
+    def insert_new(self, df: DataFrame, name: str, keys: tuple[str, ...] | list[str],
+                   evolve: bool = False) -> int | None:
         """Insert only rows whose key is not in the table (MERGE insert-only): reruns never duplicate.
 
         The source must be unique on the key (a stage's deterministic ids make it so); a lost
         concurrent-commit race is retried, which is safe because the merge is insert-only.
         """
         keys = list(keys)
-        self.create(name, df.schema)
-        df = self._check(df, name)
+        self.create(name, df.schema, evolve)
+        df = self._check(df, name, evolve)
         view = f"src_{uuid.uuid4().hex[:12]}"
         df.createOrReplaceTempView(view)
         cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
         sql = f"MERGE INTO {self._sql_ref(name)} t USING {view} s ON {cond} WHEN NOT MATCHED THEN INSERT *"
         try:
-            for attempt in range(self.commit_retries + 1):
-                try:
-                    self.spark.sql(sql)
-                    break
-                except Exception as e:
-                    if attempt >= self.commit_retries or not _is_commit_conflict(e):
-                        raise
-                    time.sleep(min(0.2 * 2 ** attempt, 5.0))
+            retry_conflicts(lambda: self.spark.sql(sql), self.commit_retries)
         finally:
             self.spark.catalog.dropTempView(view)
         return self.version(name)

@@ -17,6 +17,7 @@ The runner knows no stage by name: everything stage-specific is in the Stage dec
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import time
 import uuid
@@ -28,10 +29,11 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from boostqa import sources
-from boostqa.config import Settings
+from boostqa import crash, sources
+from boostqa.config import Settings, redact
 from boostqa.engine import get_spark
 from boostqa.lake import Lake
+from boostqa.lease import Lease
 from boostqa.stages import STAGES, resolve
 from boostqa.stages.base import Stage, StageContext, StageError, Stats
 from boostqa.tracking import TableRef, Tracker
@@ -91,8 +93,18 @@ class StageResult:
         return m
 
 
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names staging directories and MLflow runs: letters, digits, '.', '_', '-' only."""
+    if not RUN_ID.match(run_id) or ".." in run_id:
+        raise StageError(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 128, no '..')")
+    return run_id
 
 
 class Session:
@@ -140,7 +152,7 @@ class Runner:
         error (``skip_missing=False``, the default when stages are named explicitly)."""
         skip_missing = not stage_names if skip_missing is None else skip_missing
         stages = [s for s in resolve(stage_names) if s.enabled is None or s.enabled(self.settings)]
-        run_id = run_id or new_run_id()
+        run_id = check_run_id(run_id or new_run_id())
         results = []
         with self.tracker.pipeline(run_id, {"boostqa.profile": self.settings.profile}):
             self.tracker.log_dict(self.settings.redacted(), "settings.json")
@@ -154,7 +166,27 @@ class Runner:
                 results.append(result)
                 if not result.complete:
                     break  # later stages would read a half-done table
+                if stage.feeds_back and not self._feedback(stage, stages, run_id, max_chunks, results):
+                    break
         return run_id, results
+
+    def _feedback(self, stage: Stage, stages: list[Stage], run_id: str, max_chunks: int | None,
+                  results: list[StageResult]) -> bool:
+        """Rerun ``stage.feeds_back`` through ``stage`` while the earlier stage has pending rows (the
+        work this stage planned for it), at most ``runner.max_feedback_passes`` times, so one run
+        converges. False when a pass stopped incomplete."""
+        names = [s.name for s in stages]
+        if stage.feeds_back not in names:
+            return True
+        loop = stages[names.index(stage.feeds_back):names.index(stage.name) + 1]
+        for _ in range(self.settings.runner.max_feedback_passes):
+            if self.missing_inputs(loop[0]) or not self.pending(loop[0]).limit(1).count():
+                return True
+            for s in loop:
+                results.append(self.run_stage(s, run_id, max_chunks))
+                if not results[-1].complete:
+                    return False
+        return True
 
     def missing_inputs(self, stage: Stage) -> list[str]:
         """Required input tables that do not exist; all of them when every input is optional and
@@ -164,6 +196,29 @@ class Runner:
         if tables and len(missing) == len(tables) and all(map(stage.is_optional, tables)):
             return list(missing.values())
         return [t for a, t in missing.items() if not stage.is_optional(a)]
+
+    def problems(self, run_id: str, results: list[StageResult]) -> list[str]:
+        """Why a run did not finish its work, one line per stage: chunks left (rerun to finish) or
+        rows deferred by failures, with the most frequent errors this run logged for them."""
+        out = []
+        for r in results:
+            if r.skipped:
+                continue
+            if not r.complete:
+                out.append(f"{r.stage}: stopped after {r.chunks_done} of {r.chunks_total} chunks; rerun to finish")
+            stage = STAGES.get(r.stage)
+            if r.deferred and (stage is None or stage.deferral_is_failure):
+                reasons = "; ".join(f"{n} x {e}" for e, n in self._failures(run_id, r.stage)) or "see ops.llm_failures"
+                out.append(f"{r.stage}: {r.deferred} rows deferred (pending for the next run): {reasons}")
+        return out
+
+    def _failures(self, run_id: str, stage: str, top: int = 3) -> list[tuple[str, int]]:
+        if not self.lake.exists("ops.llm_failures"):
+            return []
+        rows = (self.lake.read("ops.llm_failures").where((F.col("run_id") == run_id) & (F.col("stage") == stage))
+                .groupBy(F.substring("error", 1, 160).alias("e")).count().orderBy(F.col("count").desc()).limit(top)
+                .collect())
+        return [(r["e"], int(r["count"])) for r in rows]
 
     # ------------------------------------------------------------------ one stage
     def context(self, stage: Stage, run_id: str, staging: str | None = None) -> StageContext:
@@ -203,13 +258,19 @@ class Runner:
 
     def run_stage(self, stage: Stage, run_id: str, max_chunks: int | None = None) -> StageResult:
         t0, result = time.monotonic(), StageResult(stage.name)
+        check_run_id(run_id)
         staging = self.lake.staging_path(stage.name, run_id)
         params = {"stage": stage.name, "run_id": run_id, "chunk_rows": self.settings.runner.chunk_rows,
-                  "config": stage.config(self.settings)}
-        with self.tracker.stage(stage.name, params) as mlflow_run:
-            result.mlflow_run_id, result.stats = mlflow_run, Stats()
+                  "config": redact(stage.config(self.settings))}
+        with Lease(self.lake, stage.name, run_id, self.settings.runner.lease_seconds,
+                   self.settings.runner.lease_wait_seconds), self.tracker.stage(stage.name, params) as mlflow_run:
+            self._clear_dead_staging(stage.name, run_id)
+            self._replay_journal(stage)
+            result.mlflow_run_id = mlflow_run
             ctx = self.context(stage, run_id, staging)
-            ctx.stats = result.stats
+            result.stats = ctx.stats  # what reading the inputs reported (e.g. unsupported files) included
+            if stage.journal:
+                ctx.journal = self.lake.journal_path(stage.name, run_id)
             self._log_inputs(stage, ctx, result)
             pending = self.pending(stage, ctx)
             buckets, chunks = self._plan_chunks(stage, pending)
@@ -227,16 +288,41 @@ class Runner:
                                        result.kept, result.rejected, result.deferred, result.seconds))
             result.seconds = time.monotonic() - t0
             self._log_outcome(stage, result)
-        _remove(staging)
+        self._remove(staging)
         return result
 
     # ------------------------------------------------------------------ steps
+    def _clear_dead_staging(self, stage: str, run_id: str) -> None:
+        """Staging left by killed runs of this stage (we hold its lease: no other run is live)."""
+        root = Path(self.lake.staging_path(stage)) if "://" not in self.lake.staging_root else None
+        if root is None or not root.is_dir():
+            return
+        for d in root.iterdir():
+            if d.name != run_id and d.is_dir():
+                self._remove(str(d))
+
+    def _replay_journal(self, stage: Stage) -> None:
+        """Calls answered by an earlier run that died before its chunk committed go into the call
+        log first, so they are not paid for again (we hold the lease: no live writer)."""
+        if not stage.journal or "://" in self.lake.staging_root:
+            return
+        from boostqa.llm import journal
+
+        found = journal.files(self.lake.journal_path(stage.name))
+        if found:
+            rows = self.spark.read.parquet(*found).dropDuplicates(["request_key"])
+            self.lake.insert_new(rows, stage.journal, ("request_key",), evolve=True)
+            journal.clear(found)
+
     def _read_files(self, spec: str, raw_path: str, ctx: StageContext) -> DataFrame:
-        """Declared source files -> one raw parquet in staging; their checksums go to MLflow."""
+        """Declared sources (files or tables) -> raw records staged at ``raw_path``, read by Spark
+        on the executors (small local inputs on the driver); the files and their checksums go to
+        MLflow, unsupported files to the stage's stats (sources.read_raw)."""
         declared = getattr(self.settings, spec.split(":", 1)[1])
-        files, _ = sources.write_raw(declared, self.settings.cache_dir(), raw_path)
-        ctx.files.extend(files)
-        return self.spark.read.parquet(raw_path)
+        raw = sources.read_raw(self.spark, declared, self.settings.cache_dir(), raw_path, self.settings.ingest,
+                               stats=ctx.stats)
+        ctx.files.extend(raw.files)
+        return raw.df
 
     def _log_inputs(self, stage: Stage, ctx: StageContext, result: StageResult) -> None:
         for f in ctx.files:
@@ -325,13 +411,23 @@ class Runner:
     def _commit_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
                       path: str, result: StageResult) -> None:
         staged, counts = self._stage_chunk(stage, ctx, expected, args, path)
+        for d in stage.derived:  # the call log before anything that uses its answers
+            if d.first:
+                crash.point("call_log_write")
+                self.lake.insert_new(d.build(ctx, staged), d.table, d.key, evolve=True)
+                crash.point("call_log_committed")
+        if ctx.journal:  # its calls are in the call log now
+            from boostqa.llm import journal
+
+            journal.clear(journal.files(ctx.journal))
         n_kept = sum(v for (o, _), v in counts.items() if o == "kept")
         n_rej = sum(v for (o, _), v in counts.items() if o == "rejected")
         self._write_kept(stage, staged, n_kept)
         if stage.rejects and (n_rej or not self.lake.exists(stage.rejects)):
-            self.lake.insert_new(self._rejected_rows(stage, ctx, staged), stage.rejects, list(stage.key))
+            self.lake.insert_new(self._rejected_rows(stage, ctx, staged), stage.rejects, list(stage.key), evolve=True)
         for d in stage.derived:
-            self.lake.insert_new(d.build(ctx, staged), d.table, d.key)
+            if not d.first:
+                self.lake.insert_new(d.build(ctx, staged), d.table, d.key, evolve=True)
         if stage.summarize:
             stage.summarize(ctx, staged)
         for name, text in ctx.stats.artifacts.items():
@@ -343,17 +439,31 @@ class Runner:
         for (o, reason), v in counts.items():
             if o == "rejected":
                 result.rejected_by_reason[reason] = result.rejected_by_reason.get(reason, 0) + v
-        _remove(path)
+        self._remove(path)
+
+    def _remove(self, path: str) -> None:
+        """Delete a staging directory and the parents it leaves empty, never outside the staging root."""
+        if not self.lake.inside_staging(path):
+            raise StageError(f"refusing to delete {path}: not under the lake's staging root {self.lake.staging_root}")
+        if "://" in path:
+            return
+        p, root = Path(path), Path(self.lake.staging_root).resolve()
+        shutil.rmtree(p, ignore_errors=True)
+        for parent in (p.parent, p.parent.parent):
+            if parent.resolve() != root and root in parent.resolve().parents and parent.is_dir() \
+                    and not any(parent.iterdir()):
+                parent.rmdir()
 
     def _write_kept(self, stage: Stage, staged: DataFrame, n_kept: int) -> None:
         kept = staged.where(F.col("_outcome") == "kept").select(*[c for c in staged.columns if not c.startswith("_")])
+        # outputs may gain columns between versions of boostqa: added to the table, old rows read null
         if stage.mode == "overwrite":
             if self.lake.exists(stage.output):
-                self.lake.overwrite(kept, stage.output)
+                self.lake.overwrite(kept, stage.output, evolve=True)
             else:
                 self.lake.append(kept, stage.output)
         elif n_kept or not self.lake.exists(stage.output):
-            self.lake.insert_new(kept, stage.output, list(stage.key))
+            self.lake.insert_new(kept, stage.output, list(stage.key), evolve=True)
 
     @staticmethod
     def _rejected_rows(stage: Stage, ctx: StageContext, staged: DataFrame) -> DataFrame:
@@ -366,17 +476,6 @@ class Runner:
 def _bucket(stage: Stage, buckets: int):
     """Chunk of a row: rows that must be judged together (chunk_by, default the key) share one."""
     return F.pmod(F.xxhash64(*(stage.chunk_by or stage.key)), F.lit(buckets))
-
-
-def _remove(path: str) -> None:
-    """Delete a staging directory and the parents it leaves empty."""
-    if "://" in path:
-        return
-    p = Path(path)
-    shutil.rmtree(p, ignore_errors=True)
-    for parent in (p.parent, p.parent.parent):
-        if parent.name and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
 
 
 __all__ = ["Runner", "Session", "StageResult", "Progress", "StageError", "new_run_id", "STAGES"]

@@ -46,6 +46,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): text[:5000]}  # MLflow param values are size-limited
 
 
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+    """An exclusive advisory lock on a local file, held for the block."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Thin layer over mlflow; disabled tracking makes every call a no-op."""
 
@@ -60,19 +73,21 @@ class Tracker:
             import mlflow
 
             logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every db open
-            artifacts = None
+            artifacts, lock = None, contextlib.nullcontext()
             if uri.startswith("sqlite:///"):  # artifacts beside the db, not in ./mlruns of the cwd
                 runs_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
                 os.makedirs(runs_dir, exist_ok=True)
                 artifacts = Path(runs_dir, "artifacts").resolve().as_uri()
+                lock = _file_lock(os.path.join(runs_dir, ".mlflow-init.lock"))
             mlflow.set_tracking_uri(uri)
-            if mlflow.get_experiment_by_name(experiment) is None:
-                try:
-                    mlflow.create_experiment(experiment, artifact_location=artifacts)
-                except Exception:  # created meanwhile by a concurrent task
-                    if mlflow.get_experiment_by_name(experiment) is None:
-                        raise
-            mlflow.set_experiment(experiment)
+            with lock:  # two processes creating one sqlite store race on its schema ("table ... already exists")
+                if mlflow.get_experiment_by_name(experiment) is None:
+                    try:
+                        mlflow.create_experiment(experiment, artifact_location=artifacts)
+                    except Exception:  # created meanwhile by a concurrent task
+                        if mlflow.get_experiment_by_name(experiment) is None:
+                            raise
+                mlflow.set_experiment(experiment)
             self._mlflow = mlflow
 
     @contextlib.contextmanager
@@ -121,7 +136,11 @@ class Tracker:
 
         with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
             warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(path)
+            try:
+                source = resolve_dataset_source(path)
+            except Exception:  # a URI scheme MLflow cannot resolve: keep the record, as a tag
+                self._mlflow.set_tag(f"boostqa.input_file.{name}"[:250], f"{path} sha256:{digest}")
+                return
         self._mlflow.log_input(MetaDataset(source, name=name, digest=digest), context=context)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:

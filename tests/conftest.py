@@ -41,6 +41,25 @@ def make_settings(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
+def llama_binary(request: pytest.FixtureRequest) -> Path:
+    """llama-server, built once per machine (cached); build progress shown through pytest's capture."""
+    from boostqa.llm import llamacpp
+
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        return llamacpp.build_server()
+
+
+@pytest.fixture(scope="session")
+def llama_server(llama_binary: Path):
+    """One real llama-server + SmolLM2-135M-Instruct on loopback for the whole session."""
+    from boostqa.llm import llamacpp
+
+    with llamacpp.serve(ctx_size=3072, n_parallel=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
 def champ_cache(tmp_path_factory) -> Path:
     """The real CHAMP set in a data cache (the default cache when `make` already fetched it)."""
     from boostqa import assets
@@ -65,3 +84,9 @@ def write_jsonl(path: Path, lines: list) -> Path:
                 line = json.dumps(line, ensure_ascii=False)
             f.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
     return path
+
+
+def sim_requests(sim) -> int:
+    """Chat requests a pipeline sent to a simulator (the client's preflights not counted)."""
+    stats = sim.stats()
+    return stats["requests_by_endpoint"].get("/chat/completions", 0) - stats["preflights"]

@@ -20,12 +20,14 @@ from mlflow.tracking import MlflowClient
 
 from boostqa import engine
 from boostqa.config import deep_merge, load_settings
+from boostqa.llm.output import extract_json
 from boostqa.llm.sim import SimConfig, SimulatorServer
 from boostqa.runner import Runner
+from boostqa.stages.base import StageError
 from boostqa.stages import llm
 from boostqa.taxonomy import load_taxonomy
 from boostqa.tracking import SIMULATED_TAG, STAGE_TAG
-from tests.conftest import write_jsonl
+from tests.conftest import sim_requests, write_jsonl
 
 N_SEEDS = 30
 OUT, REJ = "silver.seeds_annotated", "quarantine.annotation"
@@ -88,7 +90,7 @@ def builtin_sim():
 
 
 def _settings(make_settings, root: Path, endpoint: dict, **overrides):
-    ep = {"base_url": "simulator", "model": "sim-annotator", **endpoint}
+    ep = {"base_url": "simulator", "model": "sim-annotator", "api_key_env": None, **endpoint}
     return make_settings(**deep_merge(_base(root), deep_merge({"llm": {"endpoints": {"annotator": ep}}}, overrides)))
 
 
@@ -117,9 +119,6 @@ def _seed_keys(runner: Runner) -> dict[str, str]:
     return {r.seed_uid: r.request_key for r in llm.pending_requests(ctx, seeds).collect()}
 
 
-def _sim_requests(sim) -> int:
-    return sim.stats()["requests_by_endpoint"].get("/chat/completions", 0)
-
 
 def _stage_run(settings, mlflow_run_id: str):
     client = MlflowClient(settings.tracking_uri())
@@ -130,12 +129,12 @@ def _stage_run(settings, mlflow_run_id: str):
 
 def _check_annotation(row: dict, raw: str, tax) -> None:
     """A kept row matches the simulator's raw JSON and the taxonomy."""
-    want = json.loads(raw)
+    want = json.loads(extract_json(raw))  # the object the parser read (a fenced one too)
     assert f"{row['discipline']}/{row['subfield']}" == want["discipline"] and want["discipline"] in tax.labels
     assert row["is_stem"] is tax.stem[row["discipline"]]
     assert row["difficulty"] == int(want["difficulty"].removeprefix("H")) and 1 <= row["difficulty"] <= 5
     assert row["rationale"] == want["rationale"] and row["rationale"].strip()
-    assert (row["annotator_model"], row["prompt_version"]) == ("sim-annotator", "annotate@v1")
+    assert (row["annotator_model"], row["prompt_version"]) == ("sim-annotator", "annotate@v2")
 
 
 # ---------------------------------------------------------------- 1. happy path
@@ -144,7 +143,7 @@ def test_every_seed_annotated_logged_and_tracked(spark, make_settings, lake_copy
     settings = _settings(make_settings, lake_copy, {})
     runner = Runner(settings, spark=spark)
     run_id, res = _annotate(runner)
-    sim = llm._simulator
+    sim = llm.running_simulator()
     seeds = _rows(runner, "silver.seeds_clean")
     out, calls = _rows(runner, OUT), _rows(runner, CALLS, "request_key")
     keys = _seed_keys(runner)
@@ -153,7 +152,7 @@ def test_every_seed_annotated_logged_and_tracked(spark, make_settings, lake_copy
     assert (res.pending, res.kept, res.rejected, res.deferred) == (N_SEEDS, N_SEEDS, 0, 0)
     assert set(out) == set(seeds) and not _rows(runner, REJ) and not _rows(runner, FAILURES)
     assert len(set(keys.values())) == N_SEEDS and set(calls) == set(keys.values())
-    assert _sim_requests(sim) == N_SEEDS  # one HTTP request per distinct request, no retries
+    assert sim_requests(sim) == N_SEEDS  # one HTTP request per distinct request, no retries
     for uid, row in out.items():
         assert row["request_key"] == keys[uid] and row["llm_simulated"] is True and row["run_id"] == run_id
         for c in ("seed_id", "source", "question", "answer", "choices", "cluster_id"):
@@ -171,21 +170,22 @@ def test_every_seed_annotated_logged_and_tracked(spark, make_settings, lake_copy
 
     for c in calls.values():
         assert (c["status"], c["endpoint"], c["model"], c["prompt_id"], c["stage"]) == \
-            ("ok", "annotator", "sim-annotator", "annotate@v1", "annotate")
+            ("ok", "annotator", "sim-annotator", "annotate@v2", "annotate")
         assert c["raw"] and c["finish_reason"] == "stop" and c["http_status"] == 200 and c["error"] is None
         assert c["prompt_tokens"] > 100 and c["completion_tokens"] > 0 and c["latency_ms"] > 0
         assert c["attempts"] == 1 and c["simulated"] is True and c["run_id"] == run_id
     stats = sim.stats()
-    assert stats["tokens"]["prompt"] == sum(c["prompt_tokens"] for c in calls.values())
-    assert stats["tokens"]["completion"] == sum(c["completion_tokens"] for c in calls.values())
+    spent = {k: stats["tokens"][k] - stats["preflight_tokens"][k] for k in ("prompt", "completion")}
+    assert spent["prompt"] == sum(c["prompt_tokens"] for c in calls.values())
+    assert spent["completion"] == sum(c["completion_tokens"] for c in calls.values())
 
     run = _stage_run(settings, res.mlflow_run_id)
     m = run.data.metrics
     assert run.data.tags[SIMULATED_TAG] == "true" and run.data.tags["boostqa.complete"] == "true"
     assert (m["llm.calls"], m["llm.reused"], m["llm.failed"], m["llm.invalid"], m["llm.attempts"]) == \
         (N_SEEDS, 0, 0, 0, N_SEEDS)
-    assert m["llm.prompt_tokens"] == stats["tokens"]["prompt"]
-    assert m["llm.completion_tokens"] == stats["tokens"]["completion"]
+    assert m["llm.prompt_tokens"] == spent["prompt"]
+    assert m["llm.completion_tokens"] == spent["completion"]
     assert m["llm.latency_ms_total"] > 0 and m["rows_kept"] == N_SEEDS
     assert run.data.params["config.llm.endpoints.annotator.base_url"] == "simulator"
 
@@ -196,18 +196,18 @@ def test_rerun_and_reannotation_reuse_logged_calls(spark, make_settings, lake_co
     settings = _settings(make_settings, lake_copy, {})
     runner = Runner(settings, spark=spark)
     _annotate(runner)
-    sim = llm._simulator
+    sim = llm.running_simulator()
     first, calls = _rows(runner, OUT), _rows(runner, CALLS, "request_key")
-    assert len(first) == N_SEEDS and _sim_requests(sim) == N_SEEDS
+    assert len(first) == N_SEEDS and sim_requests(sim) == N_SEEDS
 
     _, again = _annotate(runner)  # nothing pending: nothing called
-    assert (again.pending, again.kept) == (0, 0) and _sim_requests(sim) == N_SEEDS
+    assert (again.pending, again.kept) == (0, 0) and sim_requests(sim) == N_SEEDS
 
     runner.lake.delete_where(OUT, "true")  # lose the output: the call log still holds every response
     assert not _rows(runner, OUT)
     run3, redo = _annotate(runner)
     assert (redo.pending, redo.kept, redo.rejected, redo.deferred) == (N_SEEDS,) * 2 + (0, 0)
-    assert _sim_requests(sim) == N_SEEDS  # no new HTTP request
+    assert sim_requests(sim) == N_SEEDS  # no new HTTP request
     assert (redo.stats["llm.calls"], redo.stats["llm.reused"], redo.stats["llm.prompt_tokens"]) == (0, N_SEEDS, 0)
     second = _rows(runner, OUT)
     same = ("discipline", "subfield", "is_stem", "difficulty", "rationale", "request_key", "question", "seed_id")
@@ -228,7 +228,7 @@ def test_faults_leave_every_seed_accounted_for_and_a_rerun_finishes(spark, make_
           "max_concurrency": 8}
     with SimulatorServer(SimConfig(faults=faults, retry_after_s=0.02, timeout_hold_s=1.0, latency_ms=5)) as bad:
         settings = _settings(make_settings, lake_copy, dict(ep, base_url=bad.base_url),
-                             llm={"chunk_rows": 12})  # three chunks, each committed on its own
+                             llm={"chunk_rows": 12, "reasks": 0})  # three chunks, each committed on its own
         runner = Runner(settings, spark=spark)
         run1, res = _annotate(runner)
         bad_stats = bad.stats()
@@ -267,7 +267,7 @@ def test_faults_leave_every_seed_accounted_for_and_a_rerun_finishes(spark, make_
     with SimulatorServer(SimConfig(latency_ms=5)) as good:
         runner2 = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=good.base_url)), spark=spark)
         run2, res2 = _annotate(runner2)
-        assert _sim_requests(good) == len(pending)
+        assert sim_requests(good) == len(pending)
     assert (res2.pending, res2.kept, res2.rejected, res2.deferred) == (len(pending), len(pending), 0, 0)
     out2, rej2 = _rows(runner2, OUT), _rows(runner2, REJ)
     assert set(out2) == set(out) | pending and rej2 == rej
@@ -285,9 +285,10 @@ def test_faults_leave_every_seed_accounted_for_and_a_rerun_finishes(spark, make_
 def test_malformed_output_is_quarantined_with_raw_text(spark, make_settings, lake_copy):
     ep = {"invalid_retries": 1, "max_concurrency": 8}
     with SimulatorServer(SimConfig(faults={"malformed": 1.0}, latency_ms=5)) as sim:
-        runner = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=sim.base_url)), spark=spark)
+        runner = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=sim.base_url), llm={"reasks": 0}),
+                        spark=spark)
         run_id, res = _annotate(runner)
-        sent = _sim_requests(sim)
+        sent = sim_requests(sim)
     keys = _seed_keys(runner)
     out, rej = _rows(runner, OUT), _rows(runner, REJ)
     calls = _rows(runner, CALLS, "request_key")
@@ -316,9 +317,10 @@ def test_malformed_output_is_quarantined_with_raw_text(spark, make_settings, lak
     # raw text (no call) and quarantines the same seeds again
     runner.lake.delete_where(REJ, "true")
     with SimulatorServer(SimConfig(latency_ms=5)) as good:
-        runner2 = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=good.base_url)), spark=spark)
+        runner2 = Runner(_settings(make_settings, lake_copy, dict(ep, base_url=good.base_url), llm={"reasks": 0}),
+                         spark=spark)
         _, res2 = _annotate(runner2)
-        assert _sim_requests(good) == 0
+        assert sim_requests(good) == 0
     assert (res2.pending, res2.rejected, res2.stats["llm.reused"]) == (len(rej),) * 3
     assert {u: (r["raw"], r["detail"]) for u, r in _rows(runner2, REJ).items()} == \
         {u: (r["raw"], r["detail"]) for u, r in rej.items()}
@@ -346,17 +348,16 @@ def test_api_key_is_used_but_never_stored(spark, make_settings, lake_copy, monke
     with SimulatorServer(SimConfig(api_key=secret, latency_ms=5)) as sim:
         settings = _settings(make_settings, lake_copy, {"base_url": sim.base_url, "api_key_env": "MY_TEST_KEY"})
         runner = Runner(settings, spark=spark)
-        # the variable is not set: every seed stays pending with a clear reason, nothing is sent
-        run1, res = _annotate(runner)
-        assert (res.kept, res.rejected, res.deferred) == (0, 0, N_SEEDS) and _sim_requests(sim) == 0
-        fails = _rows(runner, FAILURES, "request_key")
-        assert len(fails) == N_SEEDS and all("MY_TEST_KEY" in f["error"] for f in fails.values())
+        # the variable is not set: the stage stops before it spends, naming the variable; nothing is sent
+        with pytest.raises(StageError, match=r"endpoint 'annotator' \(http://127\.0\.0\.1:\d+/v1.*MY_TEST_KEY"):
+            _annotate(runner)
+        assert sim.stats()["requests"] == 0 and not _rows(runner, OUT) and not _rows(runner, FAILURES)
 
         monkeypatch.setenv("MY_TEST_KEY", secret)
         _, res = _annotate(runner)
         stats = sim.stats()
     assert res.kept == N_SEEDS and stats["auth_failures"] == 0
-    assert stats["requests_by_endpoint"]["/chat/completions"] == N_SEEDS
+    assert stats["requests_by_endpoint"]["/chat/completions"] == N_SEEDS + stats["preflights"]
 
     lake, runs = lake_copy / "lake", lake_copy / "runs"
     assert (runs / "mlflow.db").is_file() and any((runs / "artifacts").rglob("settings.json"))
@@ -379,7 +380,7 @@ def test_requests_per_minute_limit_holds_end_to_end(spark, make_settings, lake_c
         t0 = time.monotonic()
         _, res = _annotate(runner)
         elapsed = time.monotonic() - t0
-        assert _sim_requests(sim) == N_SEEDS
+        assert sim_requests(sim) == N_SEEDS
     assert res.kept == N_SEEDS
     # each task gets rpm/tasks with a burst of one second's worth: all tasks together can send at most
     # `rate` requests per second after a burst of `rate` requests

@@ -305,12 +305,13 @@ def test_max_chunks_leaves_work_and_a_rerun_finishes_it(fresh, monkeypatch):
     monkeypatch.setenv("BOOSTQA__RUNNER__CHUNK_ROWS", "2")
     bronze, quarantine = fresh / "lake" / "bronze" / "seeds", fresh / "lake" / "quarantine" / "seeds"
     first = invoke("run", "-p", PROFILE, "--max-chunks", "1")
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 1, first.output  # work left: not a success
     row1 = stage_row(first.stdout)
     # 8 pending rows / 2 per chunk = 4 buckets; ingest keeps a file in one bucket, so only the
     # non-empty buckets (here: one per file) are chunks
     assert row1["pending"] == "8" and row1["chunks"] == "1/2"
-    assert "stopped before the end: rerun the same command" in first.stdout
+    assert "work left: rerun the same command" in first.stdout
+    assert "ingest: stopped after 1 of 2 chunks; rerun to finish" in first.stdout
     done1 = delta_rows(bronze) + delta_rows(quarantine)
     assert done1 < 8 and done1 == int(row1["kept"]) + int(row1["rejected"])
 
@@ -320,7 +321,7 @@ def test_max_chunks_leaves_work_and_a_rerun_finishes_it(fresh, monkeypatch):
     assert int(row2["pending"]) == 8 - done1
     done, total = row2["chunks"].split("/")
     assert done == total
-    assert "stopped before the end" not in second.stdout
+    assert "work left" not in second.stdout
     assert int(row1["kept"]) + int(row2["kept"]) == 5 and int(row1["rejected"]) + int(row2["rejected"]) == 3
     assert delta_rows(bronze) == 5 and delta_rows(quarantine) == 3
 
@@ -330,9 +331,14 @@ def test_max_chunks_leaves_work_and_a_rerun_finishes_it(fresh, monkeypatch):
 
 def test_repeated_max_chunks_runs_make_progress(fresh, monkeypatch):
     monkeypatch.setenv("BOOSTQA__RUNNER__CHUNK_ROWS", "2")
+    codes = []
     for _ in range(4):  # at most 4 chunks of work in all
         r = invoke("run", "-p", PROFILE, "--max-chunks", "1")
-        assert r.exit_code == 0, r.output
+        codes.append(r.exit_code)
+        assert r.exit_code in (0, 1), r.output  # 1 while work is left, 0 once it is done
+        if r.exit_code == 0:
+            break
+    assert codes[-1] == 0 and set(codes[:-1]) <= {1}
     assert delta_rows(fresh / "lake" / "bronze" / "seeds") == 5
 
 
@@ -379,3 +385,28 @@ def test_sql_bad_query_fails(built):
     assert r.stdout == ""
     r = invoke("sql", "selec nonsense", "-p", PROFILE, "--format", "csv")
     assert r.exit_code != 0 and r.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------- hostile text
+def test_markup_in_data_and_errors_is_printed_as_text(built, monkeypatch):
+    """Cells holding rich markup ([/], [bold]) print as they are; error text keeps its brackets."""
+    r = invoke("sql", "select '[/]' as a, '[bold]x[/bold]' as b, 'ok' as `[red]c`", "-p", PROFILE)
+    assert r.exit_code == 0, r.output
+    assert "[/]" in r.stdout and "[bold]x[/bold]" in r.stdout and "[red]c" in r.stdout
+    r = invoke("show", "bronze.seeds", "-p", PROFILE, "--where", "question = '[/]'")
+    assert r.exit_code == 0, r.output
+    r = invoke("show", "silver.[x]", "-p", PROFILE)
+    assert r.exit_code == 2 and "bad table name 'silver.[x]'" in r.stderr
+
+
+def test_sql_is_read_only_unless_write(built):
+    before = delta_rows(built["lake"] / "bronze" / "seeds")
+    for stmt in ("delete from bronze.seeds", "INSERT INTO bronze.seeds SELECT * FROM bronze.seeds",
+                 "  /* sneaky */ update bronze.seeds set answer = 'x'", "drop table bronze.seeds",
+                 "select 1; delete from bronze.seeds"):
+        r = invoke("sql", stmt, "-p", PROFILE)
+        assert r.exit_code == 2 and "read-only" in r.stderr and "--write" in r.stderr, (stmt, r.output)
+    assert delta_rows(built["lake"] / "bronze" / "seeds") == before
+    r = invoke("sql", "/* a comment */ with x as (select 1 as n) -- trailing\n select n from x", "-p", PROFILE,
+               "--format", "csv")
+    assert r.exit_code == 0 and r.stdout.split() == ["n", "1"]

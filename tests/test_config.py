@@ -57,3 +57,11 @@ def test_redacted_masks_secret_values():
                                                                      "nested": {"token": "t"}})
     assert d2 == {"api_key": "***", "api_key_env": "X", "nested": {"token": "***"}}
     assert d["lake"]["root"] == s.lake.root
+    # names that only look like secrets stay readable: budgets, the tokens section, variable names
+    assert d["llm"]["endpoints"]["annotator"]["max_tokens"] == s.llm.endpoints["annotator"].max_tokens
+    assert d["tokens"]["tokenizer"] == s.tokens.tokenizer
+    assert d["llm"]["endpoints"]["annotator"]["api_key_env"] == "DEEPSEEK_API_KEY"
+    masked = __import__("boostqa.config", fromlist=["redact"]).redact(
+        {"password": "p", "db_password": "q", "client_secret": "c", "access_token": "a", "tokens": 3, "max_tokens": 4})
+    assert masked == {"password": "***", "db_password": "***", "client_secret": "***", "access_token": "***",
+                      "tokens": 3, "max_tokens": 4}

@@ -53,6 +53,22 @@ def test_strict_schema_on_write(lake, spark):
     assert lake.version("silver.t") == 1  # refused writes committed nothing
 
 
+def test_evolve_adds_new_columns_only(lake, spark):
+    """A newer boostqa writes a column the table lacks: added (old rows read null), never dropped."""
+    lake.insert_new(_df(spark, [("a", 1)]), "ops.t", ["id"])
+    wider = spark.createDataFrame([("b", 2, "x", [1.5])], "id string, v long, note string, xs array<double>")
+    with pytest.raises(SchemaMismatch, match="extra"):
+        lake.insert_new(wider, "ops.t", ["id"])
+    lake.insert_new(wider, "ops.t", ["id"], evolve=True)
+    rows = {r.id: r.asDict() for r in lake.read("ops.t").collect()}
+    assert rows == {"a": {"id": "a", "v": 1, "note": None, "xs": None}, "b": {"id": "b", "v": 2, "note": "x", "xs": [1.5]}}
+    with pytest.raises(SchemaMismatch, match="missing"):  # a narrower write is still refused
+        lake.insert_new(spark.createDataFrame([("c",)], "id string"), "ops.t", ["id"], evolve=True)
+    with pytest.raises(SchemaMismatch, match="type"):
+        lake.append(spark.createDataFrame([("c", 1.5, "y", [1.0])], "id string, v double, note string, xs array<double>"),
+                    "ops.t", evolve=True)
+
+
 def test_insert_new_is_idempotent(lake, spark):
     lake.insert_new(_df(spark, [("a", 1), ("b", 2)]), "silver.t", ["id"])
     v = lake.insert_new(_df(spark, [("b", 20), ("c", 3)]), "silver.t", ["id"])

@@ -35,17 +35,13 @@ class Verdict(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def binary(request: pytest.FixtureRequest) -> Path:
-    """Build once (or find the cache); show progress lines even though pytest captures output."""
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        return llamacpp.build_server()
+def binary(llama_binary: Path) -> Path:
+    return llama_binary
 
 
 @pytest.fixture(scope="module")
-def server(binary: Path):
-    with llamacpp.serve() as srv:
-        yield srv
+def server(llama_server):
+    return llama_server
 
 
 @pytest.fixture(scope="module")

@@ -89,11 +89,13 @@ def check_complete(results: list[CallResult], reqs: list[Request]) -> None:
     assert [r.request_key for r in results] == [q.key for q in reqs]
     assert len({r.request_key for r in results}) == len(reqs)
     for r in results:
-        assert r.status in ("ok", "invalid", "failed"), r
+        assert r.status in ("ok", "invalid", "truncated", "failed"), r
         if r.status == "ok":
             assert r.parsed is not None and r.error is None and r.attempts >= 1
         elif r.status == "invalid":
             assert r.raw is not None and r.error and r.error.startswith("invalid output:"), r
+        elif r.status == "truncated":
+            assert r.finish_reason == "length" and r.error.startswith("truncated: finish_reason=length"), r
         else:
             assert r.error, r
 
@@ -181,7 +183,7 @@ def test_faults_without_retries_end_in_every_status_nothing_lost():
 
     check_complete(results, reqs)
     by = Counter(r.status for r in results)
-    assert by["ok"] > 100 and by["invalid"] > 0 and by["failed"] > 0, by
+    assert by["ok"] > 100 and by["invalid"] > 0 and by["truncated"] > 0 and by["failed"] > 0, by
     assert stats["requests"] <= 200 and stats["retries_seen"] == 0  # no retries at all
     assert all(r.attempts == 1 for r in results)
     for r in results:
@@ -202,9 +204,9 @@ def test_faults_without_retries_end_in_every_status_nothing_lost():
     assert 0 < failed_by[503] <= faults["unavailable"]
     assert failed_by[None] >= faults["timeout"] > 0
     assert all("APITimeoutError" in r.error for r in results if r.status == "failed" and r.http_status is None)
-    truncated = [r for r in results if r.status == "invalid" and r.finish_reason == "length"]
+    truncated = [r for r in results if r.status == "truncated"]
     assert 0 < len(truncated) <= faults["truncated"]
-    assert all(r.error == "invalid output: truncated: finish_reason=length" for r in truncated)
+    assert all(r.error == "truncated: finish_reason=length (raise max_tokens)" for r in truncated)
     # malformed JSON is invalid, except when it is valid JSON wrapped in prose (extract_json recovers it)
     malformed = [r for r in results if r.status == "invalid" and r.finish_reason == "stop"]
     assert 0 < len(malformed) <= faults["malformed"]
@@ -536,15 +538,15 @@ def test_malformed_output_is_invalid_after_retries_raw_kept(invalid_retries):
     assert stats["requests"] == sum(r.attempts for r in results)
 
 
-def test_truncated_output_is_invalid_with_reason():
+def test_truncated_output_is_its_own_outcome():
     with SimulatorServer(SimConfig(faults={"truncated": 1.0}, **FAST)) as sim:
         ep = endpoint(sim, invalid_retries=2)
         reqs = make_requests(10, ep)
         results = run_requests(ep, reqs, Answer)
     check_complete(results, reqs)
     for r in results:
-        assert (r.status, r.attempts, r.finish_reason) == ("invalid", 3, "length")
-        assert r.raw and r.error == "invalid output: truncated: finish_reason=length"
+        assert (r.status, r.attempts, r.finish_reason) == ("truncated", 3, "length")
+        assert r.raw and r.error == "truncated: finish_reason=length (raise max_tokens)"
         assert r.completion_tokens > 0  # usage of all attempts counted
 
 
@@ -643,7 +645,7 @@ def test_reasoner_model_reasoning_separate_from_raw():
 
 def test_endpoint_params_and_scaled():
     ep = Endpoint("e", "http://x/v1", "m", max_concurrency=16, rpm=600, tpm=None, top_p=0.9)
-    assert ep.params() == {"temperature": 0.0, "max_tokens": 1024, "response_format": "json_schema", "top_p": 0.9}
+    assert ep.params() == {"temperature": 0.0, "max_tokens": 1024, "response_format": "auto", "top_p": 0.9}
     half = ep.scaled(0.5)
     assert (half.max_concurrency, half.rpm, half.tpm) == (8, 300, None)
     assert ep.scaled(0.01).max_concurrency == 1

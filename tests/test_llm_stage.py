@@ -89,7 +89,7 @@ def test_a_new_llm_stage_in_thirty_lines(spark, make_settings, conf_with_hint):
     assert all(r.hint and r.llm_simulated and len(r.request_key) == 32 for r in hints.values())
     # the template logged every call, with the stage, prompt version and model
     calls = runner.lake.read("ops.llm_calls").where("stage = 'hint'").collect()
-    assert len(calls) == 12 and {(c.prompt_id, c.model, c.status) for c in calls} == {("hint@v1", "sim-annotator",
+    assert len(calls) == 12 and {(c.prompt_id, c.model, c.status) for c in calls} == {("hint@v1", "deepseek-chat",
                                                                                       "ok")}
     assert {c.request_key for c in calls} == {r.request_key for r in hints.values()}
     assert (first.stats["llm.calls"], first.stats["llm.reused"], first.stats["llm_simulated"]) == (12, 0, 1)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from boostqa.runner import Runner
-from boostqa.stages.probe import gold, predicted
-from boostqa.stages.weights import wilson
+import pandas as pd
+
+from boostqa.config import ProbeConfig
+from boostqa.stages.probe import by_logprobs, gold, predicted
+from boostqa.stages.weights import boosts, wilson
 from tests.conftest import write_jsonl
 
 
@@ -29,6 +33,43 @@ def test_predicted_takes_the_last_final_answer():
     assert predicted("mc", "Maybe the answer is (A)... no. The answer is (c).") == "C"
     assert predicted("numeric", "The answer is 1,250.") == "1250"
     assert predicted("numeric", "no final line") is None
+
+
+@pytest.mark.parametrize("kind,text,expected", [
+    ("mc", "**B**", "B"), ("mc", "The answer is: B", "B"), ("mc", "The answer is clearly B", "B"),
+    ("mc", "Answer: (C) because it is inert.", "C"), ("mc", " D", "D"), ("mc", "I would say 42.", None),
+    ("numeric", "so the result is \\boxed{42}", "42"), ("numeric", "Hence x = 1/2", "0.5"),
+    ("numeric", "The final answer is $\\frac{3}{4}$.", "0.75"), ("numeric", "#### 1,800", "1800"),
+    ("numeric", " 15\n", "15"), ("numeric", "The answer is B", None),
+])
+def test_predicted_reads_real_answer_formats(kind, text, expected):
+    assert predicted(kind, text) == expected
+
+
+def test_option_letter_by_logprobs():
+    top = '[{" A": -2.3, " B": -0.2, " C": -3.1, "B": -0.9}]'
+    assert by_logprobs(top, 4) == "B"
+    assert by_logprobs('[{" C": -0.1, " A": -0.5}]', 2) == "A"  # C is not an offered option
+    assert by_logprobs('[{" the": -0.1}]', 4) is None and by_logprobs(None, 4) is None
+
+
+def _cells(rows):
+    return pd.DataFrame(rows, columns=["is_stem", "difficulty", "probes", "correct"])
+
+
+def test_boosts_follow_the_measured_error_rates():
+    cfg = ProbeConfig(min_boost_probes=20, max_boost=3.0)
+    # STEM: 40 probes, 16 right (error 0.6); non-STEM: 40 probes, 28 right (error 0.3) -> 2.0
+    # H4: 20 probes, 6 right (error 0.7) vs overall 80/44 (error 0.45) -> 1.556; H5: 10 probes -> configured 2.0
+    cells = _cells([(True, 2, 20, 10), (True, 4, 20, 6), (False, 1, 30, 24), (False, 5, 10, 4)])
+    stem, levels, how = boosts(cells, cfg)
+    assert math.isclose(stem, 2.0) and math.isclose(levels[4], 0.7 / 0.45) and levels[5] == 2.0
+    assert how["stem"].startswith("measured 2") and how["H5"].startswith("configured 2 (only 10 probes")
+    # a model better at STEM gets no STEM boost (clamped at 1); a perfect easy side caps at max_boost
+    assert boosts(_cells([(True, 1, 30, 30), (False, 1, 30, 15)]), cfg)[0] == 1.0
+    assert boosts(_cells([(True, 1, 30, 15), (False, 1, 30, 30)]), cfg)[0] == 3.0
+    fixed = ProbeConfig(boosts="config")
+    assert boosts(cells, fixed)[:2] == (1.5, {4: 1.5, 5: 2.0})
 
 
 def test_wilson_interval():
@@ -99,3 +140,31 @@ def test_plan_counts_without_calling(spark, make_settings, tmp_path):
     assert math.isclose(row["cost_usd"], row["prompt_tokens"] / 1e6 * 1.0
                         + row["completion_tokens"] / 1e6 * ep.price_output_per_mtok)
     assert not runner.lake.exists("ops.llm_calls")  # nothing was called (port 9 would refuse anyway)
+
+
+def test_base_checkpoint_probed_through_completions(spark, make_settings, tmp_path):
+    """probe.api completions: a few-shot prompt on the legacy API; multiple choice scored by the
+    option letters' log-probabilities (legacy shape from a vLLM-like server, chat shape from
+    llama-server), numbers by the text. Two checkpoints, two profiles."""
+    src, bench = _seeds(tmp_path)
+    base = dict(sources=[src], benchmarks=[bench], decontam={"embedding": {"enabled": False}},
+                probe={"per_cell": 3, "api": "completions"})
+    profiles = {}
+    for provider in ("vllm", "llamacpp"):
+        settings = make_settings(**base, llm={"endpoints": {"probe": {"provider": provider,
+                                                                      "model": f"base-{provider}"}}})
+        runner = Runner(settings, spark=spark)
+        _, results = runner.run(["ingest", "bench", "dedup", "decontam", "annotate", "probe"])
+        by = {r.stage: r for r in results}
+        assert by["probe"].kept == by["probe"].pending > 0 and by["probe"].deferred == 0
+        profiles[provider] = runner.lake.read("gold.probe_results").where(
+            f"checkpoint = 'base-{provider}'").toPandas()
+    calls = runner.lake.read("ops.llm_calls").where("stage = 'probe'").toPandas()
+    assert set(calls["prompt_id"]) == {"probe_base@v1"} and calls["logprobs"].notna().all()
+    prompt = json.loads(calls["messages"][0])[-1]["content"]
+    assert prompt.startswith("The following are questions with answers.") and prompt.endswith("Answer:")
+    for p in profiles.values():
+        mc, num = p[p["kind"] == "mc"], p[p["kind"] == "numeric"]
+        assert len(mc) and len(num) and (mc["scored_by"] == "logprobs").all() and (num["scored_by"] == "text").all()
+        assert mc["predicted"].isin(list("ABCD")).all() and num["predicted"].notna().all()
+        assert (p["correct"] == (p["gold"] == p["predicted"])).all()

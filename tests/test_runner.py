@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pyspark.sql import functions as F
 
-from boostqa.lake import Lake
+from boostqa.lake import Lake, LakeError
 from boostqa.runner import Runner, StageError
 from boostqa.stages.base import Stage
 
@@ -60,12 +62,12 @@ def test_resume_after_crash_between_chunks(spark, make_settings, monkeypatch):
     calls = {"n": 0}
     real = Lake.insert_new
 
-    def crashing(self, df, name, keys):
+    def crashing(self, df, name, keys, **kw):
         if name == "gold.toy":
             calls["n"] += 1
             if calls["n"] == 3:
                 raise RuntimeError("simulated crash: executor lost")
-        return real(self, df, name, keys)
+        return real(self, df, name, keys, **kw)
 
     monkeypatch.setattr(Lake, "insert_new", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -124,3 +126,57 @@ def test_missing_input_table_is_a_clear_error(spark, make_settings):
     runner = Runner(make_settings(), spark=spark)
     with pytest.raises(StageError, match="input table silver.items does not exist"):
         runner.run_stage(TOY, "x")
+
+
+def test_run_ids_and_staging_paths_cannot_leave_the_lake(spark, make_settings, tmp_path):
+    runner = Runner(make_settings(), spark=spark)
+    _seed(spark, runner.lake)
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    for bad in ("../../..", "a/b", "..", ".hidden", "x" * 200, "run id"):
+        with pytest.raises(StageError, match="bad run id"):
+            runner.run(["ingest"], run_id=bad)
+        with pytest.raises(StageError, match="bad run id"):
+            runner.run_stage(TOY, bad)
+    with pytest.raises(LakeError, match="refused staging path"):
+        runner.lake.staging_path("toy", "..")
+    assert not runner.lake.inside_staging(str(tmp_path)) and not runner.lake.inside_staging(runner.lake.staging_root + "/../x")
+    with pytest.raises(StageError, match="refusing to delete"):
+        runner._remove(str(tmp_path))
+    assert outside.read_text() == "keep me" and runner.lake.exists("silver.items")
+
+
+def test_a_second_run_of_a_stage_is_refused_until_the_lease_lapses(spark, make_settings):
+    from boostqa.lease import Lease, LeaseTaken
+
+    lake = Runner(make_settings(), spark=spark).lake
+    first = Lease(lake, "toy", "run-a", ttl=30)
+    first.acquire()
+    with pytest.raises(LeaseTaken, match="stage toy is being run by run run-a"):
+        Lease(lake, "toy", "run-b", ttl=30).acquire()
+    assert Lease.live_runs(lake, "toy") == {"run-a"}
+    Lease(lake, "other", "run-b", ttl=30).acquire()  # another stage is free
+    first.release()
+    with Lease(lake, "toy", "run-b", ttl=30):
+        assert Lease.live_runs(lake, "toy") == {"run-b"}
+    assert Lease.live_runs(lake, "toy") == set()
+    # a crashed holder (no heartbeat, never released) blocks only until its lease lapses
+    crashed = Lease(lake, "toy", "run-c", ttl=2)
+    crashed.acquire()
+    crashed._stop.set()
+    with pytest.raises(LeaseTaken):
+        Lease(lake, "toy", "run-d", ttl=30).acquire()
+    waiting = Lease(lake, "toy", "run-d", ttl=30, wait=10)
+    waiting.acquire()  # waits for the lapse, then takes over
+    assert Lease.live_runs(lake, "toy") == {"run-d"}
+    waiting.release()
+
+
+def test_staging_of_dead_runs_is_cleared_by_the_next_run(spark, make_settings):
+    runner = Runner(make_settings(), spark=spark)
+    _seed(spark, runner.lake)
+    dead = Path(runner.lake.staging_path("toy", "killed-run")) / "chunk-00000"
+    dead.mkdir(parents=True)
+    (dead / "part.parquet").write_bytes(b"x")
+    runner.run_stage(TOY, "next-run")
+    assert not dead.parent.exists()

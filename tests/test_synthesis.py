@@ -35,7 +35,7 @@ from boostqa.stages import check, llm, refine, sample, synthesize
 from boostqa.stages.base import StageContext
 from boostqa.text.tokens import count_tokens
 from boostqa.tracking import SIMULATED_TAG, STAGE_TAG
-from tests.conftest import write_jsonl
+from tests.conftest import sim_requests, write_jsonl
 
 N_SEEDS = 40
 PREP = ["ingest", "bench", "dedup", "decontam", "annotate", "probe", "weights"]
@@ -95,7 +95,10 @@ def _settings(lake_root: Path, src: Path, *, tracking: bool = False, **overrides
             "probe": {"per_cell": 3},
             "llm": {"chunk_rows": CHUNK_ROWS},
             "lake": {"root": str(lake_root / "lake")}, "runs_dir": str(lake_root / "runs"),
-            "tracking": {"enabled": tracking}}
+            "tracking": {"enabled": tracking},
+            # two runs, as the tests below read them: run 1 plans the booster retries, run 2 does
+            # them (test_one_run_converges_with_feedback_passes covers the default: one run does both)
+            "runner": {"max_feedback_passes": 0}}
     return load_settings("local", environ={}, overrides=deep_merge(base, overrides))
 
 
@@ -246,14 +249,11 @@ def _request_keys(runner: Runner) -> dict[str, dict[str, str]]:
     return out
 
 
-def _sim_requests(sim) -> int:
-    return sim.stats()["requests_by_endpoint"].get("/chat/completions", 0)
-
 
 def _all_endpoints(url: str, **ep) -> dict:
     """generator, re-annotator and refiner on one simulator URL (models as in base.yaml)."""
-    models = {"generator": "sim-reasoner", "annotator": "sim-annotator", "refiner": "sim-refiner"}
-    return {"llm": {"endpoints": {n: {"base_url": url, "model": m, **ep} for n, m in models.items()}}}
+    models = {"generator": "deepseek-reasoner", "annotator": "deepseek-chat", "refiner": "deepseek-chat"}
+    return {"llm": {"endpoints": {n: {"base_url": url, "model": m, "api_key_env": None, **ep} for n, m in models.items()}}}
 
 
 # ------------------------------------------------------------------------------------------ 1. modes
@@ -291,7 +291,7 @@ def test_plan_has_multigrade_for_stem_and_booster_for_hard_seeds(synthesized):
             (p["mode"], p["grade_role"], p["target_difficulty"], [p["seed_uid"]])
         c = calls[r["request_key"]]
         assert (c["stage"], c["endpoint"], c["model"], c["prompt_id"]) == \
-            ("synthesize", "generator", "sim-reasoner", f"synth_{r['mode']}@v1")
+            ("synthesize", "generator", "deepseek-reasoner", f"synth_{r['mode']}@v2")
         user = json.loads(c["messages"])[-1]["content"]
         assert seeds[p["seed_uid"]]["question"] in user and f"at difficulty H{p['target_difficulty']}" in user
         assert r["reasoning"].startswith("[simulated reasoning]")  # the reasoner's trace, kept apart
@@ -568,8 +568,8 @@ def test_gold_rows_carry_complete_lineage(synthesized):
         assert g["lineage"] == {
             "synthesize_run": raw[k]["run_id"], "check_run": checked[k]["run_id"],
             "refine_run": refined[k]["run_id"], "gate_run": g["run_id"],
-            "generator_model": "sim-reasoner", "generator_prompt": f"synth_{g['mode']}@v1",
-            "refiner_model": "sim-refiner", "refiner_prompt": "refine@v1"}, g["lineage"]
+            "generator_model": "deepseek-reasoner", "generator_prompt": f"synth_{g['mode']}@v2",
+            "refiner_model": "deepseek-chat", "refiner_prompt": "refine@v2"}, g["lineage"]
         assert g["lineage"]["gate_run"] in synthesized["runs"]
     # gate metrics match the rows, in MLflow too; every stage run is tagged simulated
     res1, res2 = synthesized["res"]
@@ -586,21 +586,21 @@ def test_gold_rows_carry_complete_lineage(synthesized):
 def test_synthesize_resumes_mid_stage_without_calling_twice(template, tmp_path):
     root = _copy(template, tmp_path)
     with SimulatorServer(SimConfig(latency_ms=5)) as sim:
-        ep = {"llm": {"endpoints": {"generator": {"base_url": sim.base_url, "model": "sim-reasoner"}}}}
+        ep = {"llm": {"endpoints": {"generator": {"base_url": sim.base_url, "model": "sim-reasoner", "api_key_env": None}}}}
         runner = Runner(_settings(root, _src(template), **ep), spark=engine.get_spark())
         runner.run(["sample"])
         plan = _rows(runner, PLAN)
         _, [part] = runner.run(["synthesize"], max_chunks=1)
         first = _rows(runner, RAW)
         assert not part.complete and part.chunks_done == 1 and part.chunks_total >= 3
-        assert 0 < len(first) == part.kept < len(plan) and _sim_requests(sim) == len(first)
+        assert 0 < len(first) == part.kept < len(plan) and sim_requests(sim) == len(first)
         assert part.stats["llm.calls"] == len(first)
 
         _, [rest] = runner.run(["synthesize"])
         raw = _rows(runner, RAW)  # unique qa_id, asserted by _rows
         assert rest.complete and rest.pending == len(plan) - len(first)
         assert (rest.stats["llm.calls"], rest.stats["llm.reused"]) == (rest.pending, 0)
-        assert set(raw) == set(plan) and _sim_requests(sim) == len(plan)  # nothing asked twice
+        assert set(raw) == set(plan) and sim_requests(sim) == len(plan)  # nothing asked twice
         assert {k: raw[k] for k in first} == first
 
         # the output of committed rows lost: the call log answers, the simulator is not asked again
@@ -608,7 +608,7 @@ def test_synthesize_resumes_mid_stage_without_calling_twice(template, tmp_path):
         runner.lake.delete_where(RAW, "qa_id IN (%s)" % ",".join(f"'{k}'" for k in lost))
         _, [redo] = runner.run(["synthesize"])
         assert (redo.pending, redo.kept, redo.stats["llm.calls"], redo.stats["llm.reused"]) == (7, 7, 0, 7)
-        assert _sim_requests(sim) == len(plan)
+        assert sim_requests(sim) == len(plan)
         again = _rows(runner, RAW)
         assert {k: (r["question"], r["draft_answer"]) for k, r in again.items()} == \
             {k: (r["question"], r["draft_answer"]) for k, r in raw.items()}
@@ -667,7 +667,7 @@ def test_transport_faults_leave_every_task_accounted_for_and_a_rerun_finishes(te
         for _ in range(2):
             _, res2 = runner2.run(SYNTH)
             assert all(r.complete and r.deferred == 0 for r in res2)
-        sent = _sim_requests(good)
+        sent = sim_requests(good)
     assert _accounting(runner2) == {s: set() for s in ("synthesize", "check", "refine", "gate")}
     calls = _rows(runner2, CALLS, "request_key")
     assert {k: calls[k] for k in calls_before} == calls_before  # nothing answered before was asked again
@@ -704,3 +704,22 @@ def test_many_chunk_llm_stage_survives_a_call_log_checkpoint(template, tmp_path)
         llm.stop_simulator()
     assert res.complete and res.kept == 12 and res.chunks_done >= 5  # non-empty hash buckets of 12 rows
     assert runner.lake.version("ops.llm_calls") >= 10  # the log passed the old checkpoint interval
+
+
+def test_one_run_converges_with_feedback_passes(template, tmp_path, builtin_sim):
+    """By default check feeds back into synthesize within the run: the booster retries check
+    plans are generated, checked, refined and gated by the same run, and a second run has nothing
+    left to do."""
+    from boostqa.stages import STAGES
+
+    root = _copy(template, tmp_path)
+    runner = Runner(_settings(root, _src(template), runner={"max_feedback_passes": 3}), spark=engine.get_spark())
+    _, res = runner.run(SYNTH)
+    stages = [r.stage for r in res]
+    assert stages[:4] == ["sample", "synthesize", "check", "synthesize"] and stages.count("synthesize") >= 2
+    assert all(r.complete for r in res)
+    retries = [r for r in _rows(runner, PLAN).values() if r["attempt"] == 1]
+    assert retries and set(_rows(runner, RAW)) >= {r["qa_id"] for r in retries}
+    assert not runner.pending(STAGES["synthesize"]).count()
+    _, again = runner.run(SYNTH)
+    assert [r.stage for r in again] == SYNTH and all(r.pending == 0 for r in again)

@@ -1,11 +1,19 @@
-"""Async OpenAI-compatible calls that survive real endpoints: rate limits, faults, bad output.
+"""Async OpenAI-compatible calls that survive real endpoints: rate limits, faults, bad output,
+and each provider's dialect.
 
 One request goes through: circuit breaker -> RPM/TPM token buckets -> the official `openai`
-SDK (its own retries off: this layer owns them) -> retry on 408/409/429/5xx, timeouts and
-connection errors with exponential backoff + jitter that honours Retry-After; no retry on
-400/401/403/404/422 -> strict parse against the stage's pydantic model (invalid or truncated
-output is asked again ``invalid_retries`` times, then recorded as ``invalid`` with its raw
-text) -> a CallResult with status, parsed fields, raw text, reasoning, usage, latency, attempts.
+SDK (its own retries off: this layer owns them), asked in the endpoint's provider dialect
+(``providers.py``: output mode, budget parameter, honoured sampling parameters) -> retry on
+408/409/429/5xx, timeouts and connection errors with exponential backoff + jitter that honours
+Retry-After; a 400 about ``response_format`` moves to the next output mode (json_schema ->
+json_object -> text) and a 400 about an unsupported parameter drops or renames it, both
+remembered for the rest of the batch; other 400/401/403/404/422 are final -> the reply read:
+reasoning from ``reasoning_content``/``reasoning`` or a ``<think>`` block, reasoning tokens from
+``usage.completion_tokens_details``; blank content is asked again as a transient fault; an
+invalid or truncated answer is asked again ``invalid_retries`` times (the stage may then re-ask
+with a new sample index: a new request, key and seed) ->
+a CallResult with status ok | invalid | truncated | failed, parsed fields, raw text, reasoning,
+usage, latency, attempts and the output mode used.
 
 Many requests go through ``run_requests``: a sliding window of at most ``max_concurrency``
 requests in flight (a new one starts the moment one finishes; no waves). Spark-free: the
@@ -24,9 +32,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+
+from boostqa.llm import schema as structured
+from boostqa.llm.output import REASONING_FIELDS, extract_json, parse_output, split_think  # noqa: F401 (API)
+from boostqa.llm.providers import fallback_modes, provider
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PREFLIGHT_HEADER = "X-Boostqa-Preflight"  # marks the preflight request (servers ignore it; the simulator counts it)
+_SEED_STRIDE = 7919  # a retry's seed: sample + stride x retry (distinct from every sample's own seed)
 
 
 @dataclass(frozen=True)
@@ -49,14 +63,25 @@ class Endpoint:
     temperature: float = 0.0
     top_p: float | None = None
     max_tokens: int = 1024
-    response_format: str = "json_schema"  # json_schema | json_object | text
+    response_format: str = "auto"  # auto (the provider's best) | json_schema | json_object | text
+    provider: str = "openai_compatible"  # the dialect (providers.py)
+    reasoning: bool = False  # a reasoning model: budget and sampling as the provider treats those
+    api: str = "chat"  # chat | completions (the legacy API, for base-model probes)
+    logprobs: int | None = None  # top log-probabilities per token to ask for (probes)
+    stop: tuple[str, ...] = ()  # stop sequences (a base model continuing a few-shot prompt)
+    blank_retries: int = 2  # blank content with finish_reason "stop" (DeepSeek json mode): asked again
+    mode: str | None = None  # the output mode a preflight found to work (not part of request keys)
+    omit: tuple[str, ...] = ()  # parameters a preflight found the endpoint refuses
     simulated: bool = False  # the endpoint is boostqa's simulator: outputs are labelled so
 
     def params(self) -> dict[str, Any]:
-        """The generation parameters that are part of every request key."""
+        """The generation parameters that are part of every request key (as configured: what a
+        preflight learns about the endpoint does not change what is asked)."""
         p = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
         if self.top_p is not None:
             p["top_p"] = self.top_p
+        if self.stop:
+            p["stop"] = list(self.stop)
         return p
 
     def scaled(self, share: float) -> "Endpoint":
@@ -70,14 +95,15 @@ class Endpoint:
 @dataclass
 class Request:
     key: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # chat; for the completions API: one user message holding the prompt
     sample: int = 0
+    retry: int = 0  # the stage's re-ask of an invalid or truncated answer (a new request key and seed)
 
 
 @dataclass
 class CallResult:
     request_key: str
-    status: str  # ok | invalid | failed
+    status: str  # ok | invalid | truncated | failed
     parsed: dict | None = None
     raw: str | None = None
     reasoning: str | None = None
@@ -89,6 +115,9 @@ class CallResult:
     error: str | None = None
     http_status: int | None = None
     simulated: bool = False  # the server identified itself as boostqa's simulator
+    reasoning_tokens: int = 0  # usage.completion_tokens_details.reasoning_tokens, over attempts
+    response_format: str | None = None  # the output mode that was used
+    logprobs: str | None = None  # JSON: [{token: logprob, ...} per generated token] when asked for
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -121,38 +150,10 @@ class TokenBucket:
                 await asyncio.sleep((need - self.level) / self.rate)
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def extract_json(text: str) -> str:
-    """The JSON object in a reply: fenced block, else the outermost {...}, else the text."""
-    m = _FENCE.search(text)
-    if m:
-        return m.group(1).strip()
-    start, end = text.find("{"), text.rfind("}")
-    return text[start:end + 1] if 0 <= start < end else text
-
-
-def parse_output(text: str | None, schema: type[BaseModel] | None) -> dict | None:
-    """Strictly validated fields, or raises ValueError with a short reason."""
-    if schema is None:
-        return None
-    if not text:
-        raise ValueError("empty output")
-    try:
-        return schema.model_validate_json(extract_json(text)).model_dump(mode="json")
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ValueError(f"{first['type']} at {'.'.join(map(str, first['loc'])) or 'root'}: {first['msg']}") from None
-
-
 def response_format(ep: Endpoint, schema: type[BaseModel] | None) -> dict | None:
-    if schema is None or ep.response_format == "text":
-        return None
-    if ep.response_format == "json_object":
-        return {"type": "json_object"}
-    return {"type": "json_schema",
-            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": True}}
+    """The ``response_format`` this endpoint is asked with first (the start of its fallback chain)."""
+    mode = fallback_modes(ep.provider, ep.response_format)[0]
+    return structured.response_format(mode, schema, provider(ep.provider).strict_schema)
 
 
 class _Breaker:
@@ -186,21 +187,38 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class AsyncLLM:
-    """One endpoint's client for one batch: shared buckets, breaker and SDK connection pool."""
+class EndpointError(RuntimeError):
+    """An endpoint cannot serve (missing key, refused key, unknown model or URL, unreachable): the
+    message names the endpoint and URL, never the key."""
 
-    def __init__(self, ep: Endpoint, schema: type[BaseModel] | None = None):
+
+class AsyncLLM:
+    """One endpoint's client for one batch: shared buckets, breaker, SDK connection pool, and what
+    it learned about the endpoint (the output mode that works, parameters it refuses)."""
+
+    def __init__(self, ep: Endpoint, schema: type[BaseModel] | None = None, headers: dict[str, str] | None = None):
         from openai import AsyncOpenAI
 
-        self.ep, self.schema = ep, schema
+        self.ep, self.schema, self.profile = ep, schema, provider(ep.provider)
         self._key = os.environ.get(ep.api_key_env) if ep.api_key_env else None
         self._missing_key = bool(ep.api_key_env) and not self._key
-        self.sdk = AsyncOpenAI(base_url=ep.base_url, api_key=self._key or "EMPTY", max_retries=0, timeout=ep.timeout)
+        self.sdk = AsyncOpenAI(base_url=ep.base_url, api_key=self._key or "EMPTY", max_retries=0, timeout=ep.timeout,
+                               default_headers=headers)
         self.rpm = TokenBucket(ep.rpm) if ep.rpm else None
         self.tpm = TokenBucket(ep.tpm) if ep.tpm else None
         self.breaker = _Breaker(ep.breaker_failures)
-        self.format = response_format(ep, schema)
         self.rng = random.Random(0)
+        self.modes = list(fallback_modes(ep.provider, ep.mode or ep.response_format)) if schema else ["text"]
+        self.omit = set(ep.omit)  # parameters the endpoint refused
+        self.learned: list[str] = []  # what changed, for the run's record
+
+    @property
+    def mode(self) -> str:
+        return self.modes[0]
+
+    @property
+    def format(self) -> dict | None:
+        return structured.response_format(self.mode, self.schema, self.profile.strict_schema)
 
     async def close(self) -> None:
         await self.sdk.close()
@@ -212,30 +230,36 @@ class AsyncLLM:
         return min(self.ep.backoff_max, self.ep.backoff_base * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
 
     async def call(self, req: Request) -> CallResult:
-        """One request to its final CallResult: ``ok``, ``invalid`` after ``invalid_retries`` re-asks,
-        or ``failed`` (missing key, open circuit, non-retryable status, transport retries used up)."""
+        """One request to its final CallResult: ``ok``; ``invalid``/``truncated`` after
+        ``invalid_retries`` re-asks; or ``failed`` (missing key, open circuit, non-retryable status,
+        transport retries used up)."""
         ep, t0 = self.ep, time.monotonic()
         res = CallResult(req.key, "failed")
         if self._missing_key:
             res.error = f"environment variable {ep.api_key_env} (API key of endpoint {ep.name}) is not set"
             return res
         est_tokens = sum(len(m.get("content") or "") for m in req.messages) / 4 + ep.max_tokens
-        invalid_left, transport = ep.invalid_retries, 0
+        transport = blank = reasked = 0
         while True:
             if self.breaker.open:
                 res.error = f"circuit open: {self.breaker.failures} consecutive failed requests to {ep.name}"
                 break
             await self._throttle(est_tokens)
             res.attempts += 1
-            resp, retry = await self._send(self._request_kwargs(req), res, transport)
-            if resp is None:
-                if not retry:
-                    break
-                transport += 1
+            resp, action = await self._send(self._request_kwargs(req), res, transport)
+            if action in ("retry", "adapt"):
+                transport += action == "retry"
                 continue
-            if self._validate(self._read(resp, res), res) or invalid_left <= 0:
+            if resp is None:
                 break
-            invalid_left -= 1
+            outcome = self._validate(self._read(resp, res), res)
+            if outcome == "blank" and blank < ep.blank_retries:  # a transient fault, not an answer
+                blank += 1
+                await asyncio.sleep(self._delay(blank, None))
+            elif outcome in ("blank", "invalid", "truncated") and reasked < ep.invalid_retries:
+                reasked += 1  # the same request again (a new sample index is the stage's re-ask)
+            else:
+                break
         self.breaker.record(res.status != "failed")
         res.latency_ms = round((time.monotonic() - t0) * 1000, 1)
         return res
@@ -248,65 +272,182 @@ class AsyncLLM:
             await self.tpm.take(est_tokens)
 
     def _request_kwargs(self, req: Request) -> dict[str, Any]:
-        """The SDK arguments of one attempt; built per attempt so a step may change what the next one asks."""
+        """The SDK arguments of one attempt, in the provider's dialect; built per attempt, so what
+        the client learned (output mode, refused parameters) applies to the next one."""
         ep = self.ep
-        kwargs: dict[str, Any] = dict(model=ep.model, messages=req.messages, temperature=ep.temperature,
-                                      max_tokens=ep.max_tokens)
-        if ep.top_p is not None:
+        if ep.api == "completions":
+            kwargs: dict[str, Any] = dict(model=ep.model, prompt=req.messages[-1]["content"])
+            if ep.logprobs:
+                kwargs["logprobs"] = ep.logprobs
+        else:
+            kwargs = dict(model=ep.model, messages=req.messages)
+            if self.format:
+                kwargs["response_format"] = self.format
+            if ep.logprobs:
+                kwargs.update(logprobs=True, top_logprobs=ep.logprobs)
+        if ep.stop:
+            kwargs["stop"] = list(ep.stop)
+        budget = "max_completion_tokens" if "max_tokens" in self.omit else \
+            self.profile.budget_param if ep.reasoning else "max_tokens"
+        kwargs[budget] = ep.max_tokens
+        honoured = self.profile.reasoning_sampling if ep.reasoning and self.profile.reasoning_sampling is not None \
+            else self.profile.sampling
+        if "temperature" in honoured:
+            kwargs["temperature"] = ep.temperature
+        if "top_p" in honoured and ep.top_p is not None:
             kwargs["top_p"] = ep.top_p
-        if req.sample:  # distinct samples of one prompt must be distinct requests
-            kwargs["seed"] = req.sample
-        if self.format:
-            kwargs["response_format"] = self.format
-        return kwargs
+        if "seed" in honoured and (req.sample or req.retry):  # distinct samples must be distinct requests
+            kwargs["seed"] = req.sample + _SEED_STRIDE * req.retry
+        return {k: v for k, v in kwargs.items() if k not in self.omit or k == budget}
 
-    async def _send(self, kwargs: dict[str, Any], res: CallResult, transport: int) -> tuple[Any, bool]:
-        """One SDK request: ``(response, False)``, or ``(None, retry?)`` after an error recorded on ``res``.
-
-        This is where the transport retry is decided: 408/409/429/5xx, timeouts, connection errors and
-        broken bodies are retried (after the backoff, slept here) until ``max_retries``; other statuses
-        (400/401/403/404/422) are final, since asking again cannot change the answer."""
+    async def _send(self, kwargs: dict[str, Any], res: CallResult, transport: int) -> tuple[Any, str]:
+        """One SDK request: ``(response, "done")``, or ``(None, action)`` after an error recorded on
+        ``res``: ``adapt`` (a 400 the client learned from: ask again at once), ``retry`` (408/409/429/
+        5xx, timeouts, connection errors, broken bodies: after the backoff, slept here, until
+        ``max_retries``) or ``stop`` (anything else: asking again cannot change the answer)."""
         from openai import APIConnectionError, APIStatusError, APITimeoutError
 
+        create = self.sdk.completions.create if self.ep.api == "completions" else self.sdk.chat.completions.create
         try:
-            return await self.sdk.chat.completions.create(**kwargs), False
+            return await create(**kwargs), "done"
         except (APITimeoutError, APIConnectionError, APIStatusError, ValueError) as e:  # ValueError: broken body
             status = getattr(e, "status_code", None)
             res.http_status = status
             res.error = _redact(f"{type(e).__name__}: {str(e)[:300]}", self._key)
-            retryable = status is None or status in RETRY_STATUS
-            if not retryable or transport >= self.ep.max_retries:
-                return None, False
+            if status == 400 and self._adapt(e, kwargs):
+                return None, "adapt"
+            if (status is not None and status not in RETRY_STATUS) or transport >= self.ep.max_retries:
+                return None, "stop"
             await asyncio.sleep(self._delay(transport, e))
-            return None, True
+            return None, "retry"
 
-    @staticmethod
-    def _read(resp: Any, res: CallResult) -> Any:
-        """Copy what a reply says onto ``res`` (text, finish reason, reasoning, token usage summed over
-        attempts, simulator mark); returns the choice to validate."""
+    def _adapt(self, e: Exception, kwargs: dict[str, Any]) -> bool:
+        """Learn from a 400: the next output mode when it names response_format; drop (or, for
+        max_tokens, rename) a parameter it calls unsupported. False: nothing to learn."""
+        text, param = _error_text(e), _error_param(e)
+        if "response_format" in kwargs and len(self.modes) > 1 and (
+                param == "response_format" or any(w in text.lower() for w in ("response_format", "json_schema",
+                                                                              "json_object", "schema"))):
+            self.learned.append(f"response_format {self.modes.pop(0)} -> {self.mode}: {text[:160]}")
+            return True
+        m = _UNSUPPORTED.search(text)
+        name = m.group(1) if m else param
+        if name in kwargs and name not in ("model", "messages", "prompt") and name not in self.omit:
+            self.omit.add(name)
+            self.learned.append(f"parameter {name} not sent: {text[:160]}")
+            return True
+        return False
+
+    def _read(self, resp: Any, res: CallResult) -> Any:
+        """Copy what a reply says onto ``res`` (answer text with a leading <think> block moved to
+        the reasoning, finish reason, token usage and reasoning tokens summed over attempts, the
+        output mode, log-probabilities, simulator mark); returns the choice to validate."""
         choice = resp.choices[0]
-        msg = choice.message
-        res.raw, res.finish_reason, res.http_status = msg.content, choice.finish_reason, 200
+        if self.ep.api == "completions":
+            content, field_reasoning = choice.text, None
+        else:
+            msg = choice.message
+            extra = getattr(msg, "model_extra", None) or {}
+            content = msg.content
+            field_reasoning = next((extra.get(f) or getattr(msg, f, None) for f in REASONING_FIELDS
+                                    if extra.get(f) or getattr(msg, f, None)), None)
+        content, think = split_think(content)
+        res.raw, res.finish_reason, res.http_status = content, choice.finish_reason, 200
+        res.reasoning, res.response_format = field_reasoning or think, self.mode
         res.simulated = res.simulated or getattr(resp, "system_fingerprint", None) == "boostqa-simulator"
-        extra = getattr(msg, "model_extra", None) or {}
-        res.reasoning = extra.get("reasoning_content") or getattr(msg, "reasoning_content", None)
         if resp.usage:
             res.prompt_tokens += resp.usage.prompt_tokens or 0
             res.completion_tokens += resp.usage.completion_tokens or 0
+            details = getattr(resp.usage, "completion_tokens_details", None)
+            res.reasoning_tokens += (getattr(details, "reasoning_tokens", None) or 0) if details else 0
+        if self.ep.logprobs:
+            res.logprobs = _top_logprobs(choice)
         return choice
 
-    def _validate(self, choice: Any, res: CallResult) -> bool:
-        """Parse ``res.raw`` strictly into ``res``: True when ``ok``; False when ``invalid`` (truncated or
-        not matching the schema), which the caller may ask again."""
+    def _validate(self, choice: Any, res: CallResult) -> str:
+        """Judge ``res.raw`` and parse it into ``res``: ``ok``, ``truncated`` (finish_reason length),
+        ``blank`` (no content where an object was asked for: a transient fault) or ``invalid``."""
+        if choice.finish_reason == "length" and self.ep.api != "completions":  # a continuation is cut by design
+            res.status, res.error = "truncated", "truncated: finish_reason=length (raise max_tokens)"
+            return "truncated"
+        if self.schema is not None and not (res.raw or "").strip():
+            res.status, res.error = "invalid", f"invalid output: blank content (finish_reason={choice.finish_reason})"
+            return "blank"
         try:
-            if choice.finish_reason == "length":
-                raise ValueError("truncated: finish_reason=length")
             res.parsed = parse_output(res.raw, self.schema)
         except ValueError as e:
             res.status, res.error = "invalid", f"invalid output: {e}"
-            return False
+            return "invalid"
         res.status, res.error = "ok", None
-        return True
+        return "ok"
+
+
+_UNSUPPORTED = re.compile(r"[Uu]nsupported (?:parameter|value):? '?([a-z_]+)'?")
+
+
+def _error_text(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    return str(msg or e)
+
+
+def _error_param(e: Exception) -> str | None:
+    body = getattr(e, "body", None)
+    return body.get("param") if isinstance(body, dict) else None
+
+
+def _top_logprobs(choice: Any) -> str | None:
+    """[{token: logprob}] per generated token, from the legacy completions shape (``top_logprobs``)
+    or the chat shape (``content``: objects, or plain dicts as llama-server puts them even on
+    completions)."""
+    lp = getattr(choice, "logprobs", None)
+    if lp is None:
+        return None
+    if getattr(lp, "top_logprobs", None) is not None:  # legacy completions
+        return json.dumps([dict(t or {}) for t in lp.top_logprobs])
+    extra = getattr(lp, "model_extra", None) or {}
+    content = getattr(lp, "content", None) or extra.get("content") or []
+
+    def get(x: Any, name: str) -> Any:
+        return x.get(name) if isinstance(x, dict) else getattr(x, name, None)
+
+    return json.dumps([{get(t, "token"): get(t, "logprob") for t in (get(c, "top_logprobs") or [])}
+                       or {get(c, "token"): get(c, "logprob")} for c in content])
+
+
+def preflight(ep: Endpoint, schema: type[BaseModel] | None) -> tuple[Endpoint, list[str]]:
+    """One cheap request before a stage spends on an endpoint. Raises EndpointError for a missing
+    or refused key, an unknown model or URL, or an endpoint that does not answer; returns the
+    endpoint set to the output mode and parameters that worked, and what was learned on the way."""
+    from dataclasses import replace
+
+    probe = replace(ep, max_tokens=min(ep.max_tokens, 64 if ep.reasoning else 16), max_retries=3,
+                    invalid_retries=0, blank_retries=0, timeout=min(ep.timeout, 60.0), rpm=None, tpm=None)
+    content = "Reply with a short JSON object." + (f"\n{structured.json_instruction(schema)}" if schema else "")
+    req = Request("preflight", [{"role": "user", "content": content}])
+
+    async def go() -> tuple[CallResult, AsyncLLM]:
+        llm = AsyncLLM(probe, schema, headers={PREFLIGHT_HEADER: "1"})
+        try:
+            return await llm.call(req), llm
+        finally:
+            await llm.close()
+
+    res, llm = asyncio.run(go())
+    if res.status == "failed":
+        raise EndpointError(_explain(ep, res))
+    return replace(ep, mode=llm.mode if schema else ep.mode, omit=tuple(sorted(llm.omit))), llm.learned
+
+
+def _explain(ep: Endpoint, res: CallResult) -> str:
+    where = f"LLM endpoint {ep.name!r} ({ep.base_url}, model {ep.model!r})"
+    hint = {401: f"the key was refused: check ${ep.api_key_env}" if ep.api_key_env else "the server wants a key: set api_key_env",
+            403: "the key may not use this model or endpoint",
+            404: "the model name or the base_url is wrong"}.get(res.http_status or 0)
+    if res.http_status is None and res.error and "not set" not in res.error:
+        hint = "unreachable: is the server running and the base_url right?"
+    status = f"HTTP {res.http_status}: " if res.http_status else ""
+    return f"{where}: {status}{hint + ' — ' if hint else ''}{res.error}"
 
 
 async def _run(ep: Endpoint, requests: Iterable[Request], schema: type[BaseModel] | None,
@@ -353,6 +494,7 @@ class BatchStats:
     calls: int = 0
     ok: int = 0
     invalid: int = 0
+    truncated: int = 0
     failed: int = 0
     attempts: int = 0
     prompt_tokens: int = 0

@@ -78,7 +78,7 @@ def _placeholder(prop: dict, root: dict) -> Any:
         prop = root.get("$defs", {}).get(prop["$ref"].rsplit("/", 1)[-1], {})
     if "enum" in prop:
         values = prop["enum"]
-        return f"<one of: {' | '.join(map(str, values))}>" if len(values) <= 8 else "<one of the allowed values>"
+        return f"<one of: {' | '.join(json.dumps(v) if not isinstance(v, str) else v for v in values)}>"
     if "anyOf" in prop:
         return _placeholder(next((p for p in prop["anyOf"] if p.get("type") != "null"), {}), root)
     kind = prop.get("type")

@@ -21,13 +21,15 @@ from boostqa.stages.llm import LLMTask, llm_stage
 from boostqa.taxonomy import load_taxonomy
 
 LEVELS = ("H1", "H2", "H3", "H4", "H5")
+STAGES = ("high_school", "college", "graduate")  # grade stages (the paper's Table A4 columns)
 
 
 def annotation_model(labels: list[str]) -> type[BaseModel]:
-    """The strict output schema: taxonomy labels and levels as enums."""
+    """The strict output schema: taxonomy labels, levels and grade stages as enums."""
     return create_model("SeedAnnotation",
                         discipline=(Literal[tuple(labels)], ...),
                         difficulty=(Literal[LEVELS], ...),
+                        stage=(Literal[STAGES], ...),
                         rationale=(str, Field(..., min_length=1, max_length=600)))
 
 
@@ -43,7 +45,8 @@ class Annotation(LLMTask):
 
     sections = ("annotate",)
     columns = ("question", "answer", "choices")
-    outputs = (("discipline", T.StringType()), ("difficulty", T.IntegerType()), ("rationale", T.StringType()))
+    outputs = (("discipline", T.StringType()), ("difficulty", T.IntegerType()), ("grade_stage", T.StringType()),
+               ("rationale", T.StringType()))
 
     def endpoint_of(self, settings) -> str:
         return settings.annotate.endpoint
@@ -63,8 +66,8 @@ class Annotation(LLMTask):
                     choices=choices_text(getattr(row, "choices", None)))
 
     def format_output(self, parsed: dict, raw: str | None, row) -> dict:
-        return dict(zip((n for n, _ in self.outputs),
-                        (parsed["discipline"], int(parsed["difficulty"][1]), parsed["rationale"])))
+        return dict(zip((n for n, _ in self.outputs), (parsed["discipline"], int(parsed["difficulty"][1]),
+                                                       parsed["stage"], parsed["rationale"])))
 
 
 def columns(ctx: StageContext, out: DataFrame) -> list:
@@ -73,7 +76,7 @@ def columns(ctx: StageContext, out: DataFrame) -> list:
     discipline = F.split("discipline", "/")
     return ["seed_uid", "seed_id", "source", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
             "source_weight", "cluster_id", discipline[0].alias("discipline"), discipline[1].alias("subfield"),
-            stem[discipline[0]].alias("is_stem"), "difficulty", "rationale",
+            stem[discipline[0]].alias("is_stem"), "difficulty", "grade_stage", "rationale",
             F.col("_model").alias("annotator_model"), F.lit(task.prompt_ids[0]).alias("prompt_version"),
             "request_key", F.col("_simulated").alias("llm_simulated"), F.lit(ctx.run_id).alias("run_id")]
 

@@ -96,6 +96,7 @@ class Derived:
     table: str
     key: tuple[str, ...]
     build: Callable[[Any, DataFrame], DataFrame]  # (StageContext, staged) -> rows
+    first: bool = False  # committed before the output (the call log: no answered row without its call)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,13 @@ class Stage:
     # snapshot stages recompute the whole output from their inputs each run and overwrite it
     # (a new Delta version); e.g. aggregates such as sampling weights
     mode: str = "insert"  # insert | overwrite
+    deferral_is_failure: bool = True  # deferred rows mean something failed (a run leaving them exits non-zero)
+    # an earlier stage this one appends work to (check plans booster retries for synthesize): the
+    # runner reruns that stage through this one while it has pending rows, so a run converges
+    feeds_back: str | None = None
     prepare: Callable[[Any, DataFrame], DataFrame] | None = None  # (ctx, driving) -> rows to consider
     llm: LLMSpec | None = None  # LLM stages (stages/llm.py): their tasks, for planning and the call log
+    journal: str | None = None  # a table (keyed on request_key) the tasks' call journal is replayed into
     description: str = ""
 
     def input_specs(self, settings: Settings) -> dict[str, str]:
@@ -162,3 +168,4 @@ class StageContext:
     inputs: dict[str, DataFrame | None] = field(default_factory=dict)  # the pinned inputs (for prepare)
     existing: DataFrame | None = None  # reads_output stages: the output as committed so far
     files: list[Any] = field(default_factory=list)  # source files read for file inputs (logged with the run)
+    journal: str | None = None  # where the tasks journal their answered calls (stages with Stage.journal)

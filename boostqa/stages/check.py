@@ -26,7 +26,7 @@ class Reannotation(Annotation):
     sections = ("annotate", "synthesis")
     columns = ("question", "draft_answer")
     outputs = (("achieved_discipline", T.StringType()), ("achieved_difficulty", T.IntegerType()),
-               ("rationale", T.StringType()))
+               ("achieved_stage", T.StringType()), ("rationale", T.StringType()))
 
     def endpoint_of(self, settings) -> str:
         return settings.synthesis.reannotate_endpoint
@@ -40,14 +40,16 @@ def columns(ctx: StageContext, out: DataFrame) -> list:
     floor = F.col("target_difficulty") - F.lit(ctx.settings.synthesis.booster.tolerance)
     status = F.col("_status")
     degraded = (F.col("mode") == "booster") & (F.col("achieved_difficulty") < floor)
-    outcome = F.when(status == "failed", "deferred").when(status == "invalid", "rejected") \
+    outcome = F.when(status == "failed", "deferred").when(status.isin("invalid", "truncated"), "rejected") \
         .when(degraded, "rejected").otherwise("kept")
-    reason = F.when(status == "invalid", "invalid_output").when((status == "ok") & degraded, "difficulty_degraded")
+    reason = F.when(status == "invalid", "invalid_output").when(status == "truncated", "truncated") \
+        .when((status == "ok") & degraded, "difficulty_degraded")
     detail = F.when(status != "ok", F.coalesce("_parse_error", "_error")).when(
         degraded, F.concat(F.lit("asked for H"), F.col("target_difficulty").cast("string"), F.lit(", re-annotated H"),
                            F.col("achieved_difficulty").cast("string")))
     return ["qa_id", "seed_ids", "mode", "grade_role", "attempt", "seed_difficulty", "target_difficulty",
-            "achieved_difficulty", "achieved_discipline", "discipline", "subfield", "is_stem", "question",
+            "achieved_difficulty", "achieved_discipline", "achieved_stage", "discipline", "subfield", "is_stem",
+            "question",
             "draft_answer", "reasoning", F.col("model").alias("generator_model"),
             F.col("prompt_version").alias("generator_prompt"), F.col("run_id").alias("synth_run_id"),
             (F.col("llm_simulated") | F.col("_simulated")).alias("llm_simulated"), "request_key",
@@ -78,5 +80,6 @@ STAGE = llm_stage(
     columns=columns,
     reject_columns=SYNTH_REJECTS,
     derived=(Derived("silver.synth_plan", ("plan_id",), retry_plan),),
+    feeds_back="synthesize",  # degraded booster tasks are retried within the same run
     description="re-annotate synthesised QA; reject booster output below its target difficulty",
 )

@@ -106,8 +106,10 @@ def transform(ctx: StageContext, qa: DataFrame, seeds: DataFrame, bench: DataFra
            .join(near_synth, "qa_id", "left").join(contaminated, "qa_id", "left").join(tokens, "qa_id")
            .join(sk_q.select("qa_id", "minhash", "bands"), "qa_id"))
     reason, detail = _verdict(ctx)
+    achieved = F.split("achieved_discipline", "/")[0]
     return out.select(
-        "qa_id", "question", "answer", "discipline", "subfield", "is_stem",
+        "qa_id", "question", "answer", "discipline", "subfield", "is_stem", "achieved_discipline",
+        (achieved != F.col("discipline")).alias("discipline_drift"), F.col("achieved_stage").alias("grade_stage"),
         F.col("achieved_difficulty").alias("difficulty"), "target_difficulty", "seed_difficulty", "grade_role", "mode",
         "attempt", "seed_ids", "consistency", "n_tokens", _lineage(ctx).alias("lineage"), "llm_simulated",
         F.lit(ctx.run_id).alias("run_id"), F.col("minhash").alias("_minhash"), F.col("bands").alias("_bands"),

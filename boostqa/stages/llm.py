@@ -22,73 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Callable
+from functools import reduce
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from boostqa.llm.client import Endpoint, Request, parse_output, run_requests
+from boostqa.llm.output import parse_output
 from boostqa.llm.prompts import Prompt, load_prompt, request_key
-from boostqa.stages.base import Derived, Stage, StageContext, StageError
+from boostqa.llm.schema import json_instruction
+from boostqa.stages.base import Derived, Stage, StageContext
+from boostqa.stages.llm_calls import (CALL_FIELDS, CALL_STRUCT, LOGPROBS, call, endpoint, failure_rows, log_rows,  # noqa: F401
+                                      ready_endpoint, report, requests, running_simulator, simulator_url,
+                                      stop_simulator)
 from boostqa.tracking import SIMULATED_TAG
-
-RESULT_FIELDS = [("request_key", T.StringType()), ("status", T.StringType()), ("raw", T.StringType()),
-                 ("reasoning", T.StringType()), ("finish_reason", T.StringType()), ("prompt_tokens", T.LongType()),
-                 ("completion_tokens", T.LongType()), ("latency_ms", T.DoubleType()), ("attempts", T.LongType()),
-                 ("error", T.StringType()), ("http_status", T.LongType()), ("simulated", T.BooleanType())]
-RESULT_SCHEMA = T.StructType([T.StructField(n, t) for n, t in RESULT_FIELDS])
-RESULT_COLUMNS = [n for n, _ in RESULT_FIELDS]
-# the call bookkeeping staged next to each row as _<prefix><name> (status is the parsed outcome)
-STAGED = ("status", "fresh", "messages", "prompt_id", "model", "simulated", "parse_error",
-          *[n for n, _ in RESULT_FIELDS if n not in ("request_key", "status", "simulated")])
-
-_sim_lock = threading.Lock()
-_simulator = None
-
-
-# ---------------------------------------------------------------------------------------------- endpoints
-def simulator_url(settings) -> str:
-    """Start (once per process) boostqa's simulator on loopback and return its /v1 URL."""
-    global _simulator
-    from boostqa.llm.sim import SimConfig, SimulatorServer
-
-    with _sim_lock:
-        if _simulator is None:
-            c = settings.llm.simulator
-            cfg = SimConfig.with_fault_rate(c.fault_rate, latency_ms=c.latency_ms, seed=c.seed) if c.fault_rate \
-                else SimConfig(latency_ms=c.latency_ms, seed=c.seed)
-            _simulator = SimulatorServer(cfg)
-            _simulator.start()
-        return _simulator.base_url
-
-
-def stop_simulator() -> None:
-    global _simulator
-    with _sim_lock:
-        if _simulator is not None:
-            _simulator.stop()
-            _simulator = None
-
-
-def endpoint(settings, name: str, start_simulator: bool = True) -> Endpoint:
-    """The client's view of ``llm.endpoints.<name>``; ``base_url: simulator`` starts the simulator
-    (unless only request keys are wanted) and marks every output simulated."""
-    eps = settings.llm.endpoints
-    if name not in eps:
-        raise StageError(f"LLM endpoint {name!r} is not in llm.endpoints ({sorted(eps)})")
-    c = eps[name]
-    simulated = c.base_url == "simulator"
-    url = (simulator_url(settings) if start_simulator else "simulator") if simulated else c.base_url
-    shared = {f.name for f in dataclasses.fields(Endpoint)}  # config keys the client knows (not prices)
-    fields = {k: v for k, v in c.model_dump().items() if k in shared}
-    fields.update(name=name, base_url=url, simulated=simulated)
-    return Endpoint(**fields)
-
 
 # ---------------------------------------------------------------------------------------------- tasks
 class LLMTask:
@@ -107,8 +58,11 @@ class LLMTask:
         self.endpoint_name = self.endpoint_of(settings)
         names = self.prompts_of(settings)
         self.prompts = {k: load_prompt(v) for k, v in (names.items() if isinstance(names, dict) else [(None, names)])}
-        self.ep = endpoint(settings, self.endpoint_name, start_simulator=False)  # model + params of the keys
+        self.overrides = self.endpoint_overrides(settings)
+        self.ep = endpoint(settings, self.endpoint_name, start_simulator=False, **self.overrides)  # for the keys
         self.setup(settings)
+        model = self.response_model()  # the prompt-side contract of every output mode (plain text)
+        self.json_hint = json_instruction(model) if model is not None else None
 
     # what a subclass declares
     def endpoint_of(self, settings) -> str:
@@ -116,6 +70,10 @@ class LLMTask:
 
     def prompts_of(self, settings) -> str | dict[str, str]:
         raise NotImplementedError
+
+    def endpoint_overrides(self, settings) -> dict[str, Any]:
+        """Endpoint fields this task sets itself (e.g. the probe's API and log-probabilities)."""
+        return {}
 
     def setup(self, settings) -> None:
         """Driver-side state for format_input/format_output (e.g. the taxonomy)."""
@@ -136,13 +94,15 @@ class LLMTask:
     def prompt_ids(self) -> list[str]:
         return [p.id for p in self.prompts.values()]
 
-    def render(self, row) -> tuple[str, str, str, int]:
-        """(messages JSON, request key, prompt id, sample) of one row."""
+    def render(self, row, retry: int = 0) -> tuple[str, str, str, int]:
+        """(messages JSON, request key, prompt id, sample) of one row (``retry``: a re-ask)."""
         prompt: Prompt = self.prompts[getattr(row, self.prompt_by) if self.prompt_by else None]
         messages = prompt.render(**self.format_input(row))
+        if self.json_hint:
+            messages[-1]["content"] += "\n\n" + self.json_hint
         sample = int(getattr(row, self.sample)) if self.sample else 0
-        return (json.dumps(messages, ensure_ascii=False), request_key(self.ep.model, prompt, messages,
-                                                                       self.ep.params(), sample), prompt.id, sample)
+        key = request_key(self.ep.model, prompt, messages, self.ep.params(), sample, retry)
+        return json.dumps(messages, ensure_ascii=False), key, prompt.id, sample
 
     def parse(self, raw: str | None, row) -> tuple[dict[str, Any], str | None]:
         """(output columns, parse error) with the current parser."""
@@ -152,164 +112,99 @@ class LLMTask:
             return {}, str(e)
 
 
-# ---------------------------------------------------------------------------------------------- calls
-def requests(rows: DataFrame, task: LLMTask, row_key: str) -> DataFrame:
-    """(row_key, request_key, messages, prompt_id, sample) of each row: what would be sent;
-    nothing is called."""
-    def render(batches):
-        for pdf in batches:
-            out = [task.render(r) for r in pdf.itertuples(index=False)]
-            yield pd.DataFrame({row_key: pdf[row_key], "messages": [o[0] for o in out],
-                                "request_key": [o[1] for o in out], "prompt_id": [o[2] for o in out],
-                                "sample": pd.array([o[3] for o in out], dtype="int64")})
-
-    schema = T.StructType([*[T.StructField(c, T.StringType()) for c in (row_key, "messages", "request_key",
-                                                                        "prompt_id")],
-                           T.StructField("sample", T.LongType())])
-    cols = dict.fromkeys(c for c in (row_key, *task.columns, task.prompt_by, task.sample) if c)
-    return rows.select(*cols).mapInPandas(render, schema)
+# ---------------------------------------------------------------------------------------------- asking
+AGAIN = ("invalid", "truncated")  # outcomes a re-ask (a new sample index) may change
 
 
-def call(ctx: StageContext, reqs: DataFrame, ep: Endpoint, task: LLMTask, calls_log: DataFrame | None) -> DataFrame:
-    """(request_key, messages, sample) -> RESULT_SCHEMA + _fresh, one row per distinct key.
-
-    Results are checkpointed, so each request is sent once however often the plan is evaluated."""
-    keys = reqs.select("request_key", "messages", "sample").dropDuplicates(["request_key"])
-    cached = None
-    if calls_log is not None:
-        cached = (calls_log.where(F.col("prompt_id").isin(task.prompt_ids) & (F.col("model") == ep.model))
-                  .select(*RESULT_COLUMNS).withColumn("_fresh", F.lit(False)))
-        keys = keys.join(cached.select("request_key"), "request_key", "left_anti")
-    tasks = ctx.settings.llm.parallel_tasks
-    share = ep.scaled(1.0 / tasks)
-
-    def run(batches):  # built per call: Connect UDFs need the session first
-        parts = [b for b in batches if len(b)]  # the whole partition: one sliding window over it
-        if not parts:
-            return
-        rows = pd.concat(parts, ignore_index=True)
-        reqs = [Request(k, json.loads(m), int(n or 0)) for k, m, n in zip(rows["request_key"], rows["messages"],
-                                                                         rows["sample"])]
-        out = pd.DataFrame([r.as_row() for r in run_requests(share, reqs, task.response_model())])
-        for c in ("prompt_tokens", "completion_tokens", "attempts", "http_status"):
-            out[c] = out[c].astype("Int64")
-        yield out[RESULT_COLUMNS]
-
-    fresh = keys.repartition(tasks).mapInPandas(run, RESULT_SCHEMA).withColumn("_fresh", F.lit(True))
-    return ctx.checkpoint(fresh if cached is None else fresh.unionByName(cached))
-
-
-def _parsed(staged: DataFrame, rows: DataFrame, task: LLMTask, row_key: str) -> DataFrame:
-    """row_key + the task's output columns + _<prefix>parse_error, for every answered row."""
-    p, names = task.prefix, [n for n, _ in task.outputs]
+def _parsed(answered: DataFrame, rows: DataFrame, task: LLMTask, row_key: str) -> DataFrame:
+    """row_key + the task's output columns + parse_error, for every answered row."""
+    names = [n for n, _ in task.outputs]
     cols = list(dict.fromkeys((row_key, *task.columns)))
+    from_rows = [c for c in cols if c != LOGPROBS]
 
     def parse(batches):
         for pdf in batches:
             out = [task.parse(raw, row) for raw, row in zip(pdf["_raw"], pdf[cols].itertuples(index=False))]
             frame = pd.DataFrame({n: pd.Series([o[0].get(n) for o in out], dtype=object) for n in names})
             frame.insert(0, row_key, pdf[row_key].values)
-            frame[f"_{p}parse_error"] = [o[1] for o in out]
+            frame["parse_error"] = [o[1] for o in out]
             yield frame
 
     schema = T.StructType([T.StructField(row_key, T.StringType()),
                            *[T.StructField(n, t) for n, t in task.outputs],
-                           T.StructField(f"_{p}parse_error", T.StringType())])
-    answered = staged.where(F.col("_raw_status") != "failed").select(row_key, F.col(f"_{p}raw").alias("_raw"))
-    return answered.join(rows.select(*cols), row_key).mapInPandas(parse, schema)
+                           T.StructField("parse_error", T.StringType())])
+    return answered.select(row_key, F.col("raw").alias("_raw"), F.col("logprobs").alias(LOGPROBS)) \
+        .join(rows.select(*from_rows), row_key).mapInPandas(parse, schema)
+
+
+def _attempt(ctx: StageContext, rows: DataFrame, task: LLMTask, ep, calls_log, row_key: str, retry: int) -> DataFrame:
+    """One round of asking: row_key, the task's outputs and one CALL_STRUCT-shaped set of columns
+    (status: ok | invalid | truncated | failed, by the current parser), checkpointed."""
+    reqs = ctx.checkpoint(requests(rows, task, row_key, retry))
+    results = call(ctx, reqs, ep, task, calls_log)
+    answered = reqs.join(results, "request_key").withColumnRenamed("status", "raw_status") \
+        .withColumn("model", F.lit(ep.model)).withColumnRenamed("_fresh", "fresh") \
+        .withColumn("simulated", F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False)))
+    parsed = _parsed(answered.where(F.col("raw_status") != "failed"), rows, task, row_key)
+    raw = F.col("raw_status")
+    status = F.when(raw.isin("failed", "truncated"), raw).when(F.col("parse_error").isNull(), "ok") \
+        .otherwise("invalid")
+    out = answered.join(parsed, row_key, "left").withColumn("status", status)
+    return ctx.checkpoint(out.select(row_key, *[n for n, _ in task.outputs], *[n for n, _ in CALL_FIELDS]))
 
 
 def ask(ctx: StageContext, rows: DataFrame, task: LLMTask, calls_log: DataFrame | None, row_key: str) -> DataFrame:
-    """``rows`` + the task's output columns + its staged call columns (``_<prefix>status``: ok |
-    invalid | failed, ``_<prefix>raw``, ...; the main task keeps ``request_key`` unprefixed).
+    """``rows`` + the task's output columns + its staged call columns: ``_<prefix>status`` (ok |
+    invalid | truncated | failed), ``_<prefix>raw``, ... (the main task keeps ``request_key``
+    unprefixed) and ``_<prefix>earlier`` (the attempts before the final one). An invalid or
+    truncated answer is asked again with a new sample index up to ``llm.reasks`` times: each
+    re-ask is a new request, logged under its own key, so a rerun replays the same rounds.
     Columns the task adds replace same-named columns of ``rows``."""
-    p, ep = task.prefix, endpoint(ctx.settings, task.endpoint_name)
-    reqs = ctx.checkpoint(requests(rows, task, row_key))
-    results = call(ctx, reqs, ep, task, calls_log)
-    key_name = f"_{p}request_key" if p else "request_key"
-    staged = reqs.join(results, "request_key").select(
-        row_key, F.col("request_key").alias(key_name), F.col("status").alias("_raw_status"),
-        *[F.col(n).alias(f"_{p}{n}") for n in ("messages", "prompt_id", *RESULT_COLUMNS[2:-1])],
-        F.col("_fresh").alias(f"_{p}fresh"), F.lit(ep.model).alias(f"_{p}model"),
-        (F.lit(ep.simulated) | F.coalesce("simulated", F.lit(False))).alias(f"_{p}simulated"))
-    parsed = _parsed(staged, rows, task, row_key)
-    status = F.when(F.col("_raw_status") == "failed", "failed") \
-        .when(F.col(f"_{p}parse_error").isNull(), "ok").otherwise("invalid")
-    added = {key_name, *(n for n, _ in task.outputs)}
-    return (rows.drop(*[c for c in rows.columns if c in added]).join(staged, row_key).join(parsed, row_key, "left")
-            .withColumn(f"_{p}status", status).drop("_raw_status"))
+    p = task.prefix
+    ep = endpoint(ctx.settings, task.endpoint_name, **task.overrides)
+    rounds, todo = [], rows
+    for retry in range(ctx.settings.llm.reasks + 1):
+        rounds.append(_attempt(ctx, todo, task, ep, calls_log, row_key, retry))
+        again = rounds[-1].where(F.col("status").isin(*AGAIN)).select(row_key)
+        if retry == ctx.settings.llm.reasks or not again.limit(1).count():
+            break
+        todo = rows.join(again, row_key, "left_semi")
+    last = F.max("retry").over(Window.partitionBy(row_key))
+    every = rounds[0] if len(rounds) == 1 else reduce(DataFrame.unionByName, rounds)
+    every = every.withColumn("_last", F.col("retry") == last)
+    final = every.where("_last").drop("_last")
+    earlier = every.where(~F.col("_last")).groupBy(row_key).agg(
+        F.collect_list(F.struct(*[n for n, _ in CALL_FIELDS])).alias(f"_{p}earlier"))
+    staged = final.select(row_key, *[n for n, _ in task.outputs],
+                          *[F.col(n).alias("request_key" if n == "request_key" and not p else f"_{p}{n}")
+                            for n, _ in CALL_FIELDS])
+    added = set(staged.columns) - {row_key}
+    return (rows.drop(*[c for c in rows.columns if c in added]).join(staged, row_key)
+            .join(earlier, row_key, "left")
+            .withColumn(f"_{p}earlier", F.coalesce(f"_{p}earlier", F.array().cast(T.ArrayType(CALL_STRUCT)))))
 
 
 def call_columns(columns: list[str], prefix: str = "") -> list[str]:
     """The staged call columns of one task present in ``columns``."""
-    names = [f"_{prefix}{n}" for n in STAGED] + [f"_{prefix}request_key" if prefix else "request_key"]
+    names = [f"_{prefix}{n}" if n != "request_key" or prefix else n for n, _ in CALL_FIELDS] + [f"_{prefix}earlier"]
     return [n for n in names if n in columns]
-
-
-_STAGED_TYPES = {"fresh": T.BooleanType(), "simulated": T.BooleanType(), **dict(RESULT_FIELDS)}
 
 
 def no_call_columns(prefix: str) -> list[Column]:
     """A task's staged call columns as typed nulls: a second call that was not made."""
-    names = [*STAGED, "request_key"]
-    return [F.lit(None).cast(_STAGED_TYPES.get(n, T.StringType())).alias(f"_{prefix}{n}") for n in names]
+    return [*[F.lit(None).cast(t).alias(f"_{prefix}{n}") for n, t in CALL_FIELDS],
+            F.array().cast(T.ArrayType(CALL_STRUCT)).alias(f"_{prefix}earlier")]
 
 
 def outcome_columns(prefix: str = "") -> list[Column]:
-    """_outcome/_reason/_detail of a plain LLM stage: ok -> kept, invalid -> rejected (invalid_output),
-    failed -> deferred; the detail is the parse error or the transport error."""
+    """_outcome/_reason/_detail of a plain LLM stage: ok -> kept; invalid or truncated (after the
+    re-asks) -> rejected with that reason; failed -> deferred; the detail is the parse error or
+    the transport error."""
     status = F.col(f"_{prefix}status")
-    return [F.when(status == "ok", "kept").when(status == "invalid", "rejected").otherwise("deferred")
+    return [F.when(status == "ok", "kept").when(status.isin(*AGAIN), "rejected").otherwise("deferred")
             .alias("_outcome"),
-            F.when(status == "invalid", "invalid_output").alias("_reason"),
+            F.when(status == "invalid", "invalid_output").when(status == "truncated", "truncated").alias("_reason"),
             F.when(status != "ok", F.coalesce(f"_{prefix}parse_error", f"_{prefix}error")).alias("_detail")]
-
-
-# ---------------------------------------------------------------------------------------------- bookkeeping
-def _key_col(prefix: str) -> Column:
-    return F.col(f"_{prefix}request_key" if prefix else "request_key")
-
-
-def log_rows(ctx: StageContext, staged: DataFrame, task: LLMTask) -> DataFrame:
-    """ops.llm_calls rows: fresh responses worth reusing (ok or invalid, with their raw text)."""
-    p = task.prefix
-    logged = ("status", "raw", "reasoning", "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms",
-              "attempts", "error", "http_status")
-    return (staged.where(F.col(f"_{p}fresh") & F.col(f"_{p}status").isin("ok", "invalid"))
-            .select(_key_col(p).alias("request_key"), F.lit(task.endpoint_name).alias("endpoint"),
-                    F.col(f"_{p}model").alias("model"), F.col(f"_{p}prompt_id").alias("prompt_id"),
-                    F.lit(ctx.stage.name).alias("stage"), F.col(f"_{p}messages").alias("messages"),
-                    *[F.col(f"_{p}{n}").alias(n) for n in logged], F.col(f"_{p}simulated").alias("simulated"),
-                    F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("created_at"))
-            .dropDuplicates(["request_key"]))
-
-
-def failure_rows(ctx: StageContext, staged: DataFrame, task: LLMTask) -> DataFrame:
-    """ops.llm_failures rows: why a request is still pending after this run."""
-    p = task.prefix
-    return (staged.where(F.col(f"_{p}status") == "failed")
-            .select(_key_col(p).alias("request_key"), F.lit(task.endpoint_name).alias("endpoint"),
-                    F.lit(ctx.stage.name).alias("stage"), F.col(f"_{p}error").alias("error"),
-                    F.col(f"_{p}http_status").alias("http_status"), F.col(f"_{p}attempts").alias("attempts"),
-                    F.lit(ctx.run_id).alias("run_id"), F.current_timestamp().alias("failed_at"))
-            .dropDuplicates(["request_key"]))
-
-
-def report(staged: DataFrame, prefix: str = "") -> dict[str, float]:
-    """Calls, reuse, tokens and latency of a chunk, for MLflow and the CLI (``llm.<prefix>calls``...)."""
-    col = lambda n: F.col(f"_{prefix}{n}")  # noqa: E731
-    fresh = F.coalesce(col("fresh"), F.lit(False))
-    r = staged.groupBy().agg(
-        F.sum(fresh.cast("int")).alias("calls"),
-        F.sum((col("fresh") == F.lit(False)).cast("int")).alias("reused"),
-        F.sum(F.when(fresh, col("prompt_tokens"))).alias("prompt_tokens"),
-        F.sum(F.when(fresh, col("completion_tokens"))).alias("completion_tokens"),
-        F.sum(F.when(fresh, col("attempts"))).alias("attempts"),
-        F.sum((col("status") == "failed").cast("int")).alias("failed"),
-        F.sum((col("status") == "invalid").cast("int")).alias("invalid"),
-        F.sum(F.when(fresh, col("latency_ms"))).alias("latency_ms_total"),
-        F.sum(F.coalesce(col("simulated"), F.lit(False)).cast("int")).alias("simulated_rows")).first()
-    return {f"llm.{prefix}{k}": float(v or 0) for k, v in r.asDict().items()}
 
 
 # ---------------------------------------------------------------------------------------------- the stage
@@ -353,7 +248,8 @@ def _summarize(ctx: StageContext, staged: DataFrame) -> None:
 
 
 def _call_tables(cls: type[LLMTask]) -> tuple[Derived, Derived]:
-    return (Derived("ops.llm_calls", ("request_key",), lambda ctx, st: log_rows(ctx, st, cls(ctx.settings))),
+    return (Derived("ops.llm_calls", ("request_key",), lambda ctx, st: log_rows(ctx, st, cls(ctx.settings)),
+                    first=True),
             Derived("ops.llm_failures", ("request_key", "run_id"),
                     lambda ctx, st: failure_rows(ctx, st, cls(ctx.settings))))
 
@@ -375,7 +271,7 @@ def llm_stage(*, name: str, inputs: dict[str, str], output: str, key: tuple[str,
         sections=tuple(dict.fromkeys(("llm", *task_sections, *sections))),
         optional_inputs=(*kwargs.pop("optional_inputs", ()), "calls"), live_inputs=("calls",),
         derived=(*(d for t in tasks for d in _call_tables(t)), *derived), summarize=summarize_all,
-        chunk_rows=lambda s: s.llm.chunk_rows,
+        chunk_rows=lambda s: s.llm.chunk_rows, journal="ops.llm_calls",
         llm=LLMSpec(tasks=tasks, row_key=row_key or key[-1], columns=columns, rows=rows, extend=extend),
         **kwargs)
 

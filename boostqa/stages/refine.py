@@ -101,13 +101,14 @@ def judged(ctx: StageContext, out: DataFrame, calls: DataFrame | None) -> DataFr
 
 def _consistency() -> tuple[Column, Column, Column]:
     """(consistency, its reason, who decided): the judge's verdict where it gave one, else the rules'."""
-    judged_ok, judge = F.col(f"_{JUDGE}status") == "ok", F.col(f"_{JUDGE}status")
+    judged_ok, judge = F.col(f"_{JUDGE}status") == "ok", F.col(f"_{JUDGE}status")  # invalid/truncated: rules
     consistency = F.when(judged_ok, F.when(F.col("judge_same"), "consistent").otherwise("inconsistent")) \
         .otherwise(F.col("rule_verdict"))
     reason = F.when(judged_ok, F.concat(F.lit("judge: "), F.coalesce(F.nullif("judge_reason", F.lit("")),
                                                                     F.lit("(no reason given)")))) \
-        .when(judge == "invalid", F.concat(F.lit("rules: "), F.col("rule_reason"), F.lit("; judge output invalid: "),
-                                           F.col(f"_{JUDGE}parse_error"))).otherwise(F.col("rule_reason"))
+        .when(judge.isin("invalid", "truncated"),
+              F.concat(F.lit("rules: "), F.col("rule_reason"), F.lit("; judge output "), judge, F.lit(": "),
+                       F.coalesce(F.col(f"_{JUDGE}parse_error"), F.col(f"_{JUDGE}error")))).otherwise(F.col("rule_reason"))
     by = F.when(judged_ok, "judge").when(F.col("rule_verdict").isNotNull(), "rules")
     return consistency, reason, by
 
@@ -117,8 +118,9 @@ def _outcome() -> list[Column]:
     unsolvable = (status == "ok") & ~F.col("solvable")
     judge_failed = F.coalesce(F.col(f"_{JUDGE}status") == "failed", F.lit(False))
     return [F.when((status == "failed") | judge_failed, "deferred")
-            .when((status == "invalid") | unsolvable, "rejected").otherwise("kept").alias("_outcome"),
-            F.when(status == "invalid", "invalid_output").when(unsolvable, "unsolvable").alias("_reason"),
+            .when(status.isin("invalid", "truncated") | unsolvable, "rejected").otherwise("kept").alias("_outcome"),
+            F.when(status == "invalid", "invalid_output").when(status == "truncated", "truncated")
+            .when(unsolvable, "unsolvable").alias("_reason"),
             F.when(status != "ok", F.coalesce("_parse_error", "_error"))
             .when(unsolvable, F.coalesce(F.nullif(F.trim("issues"), F.lit("")),
                                          F.lit("refiner: not solvable (no reason given)")))
@@ -129,7 +131,8 @@ def columns(ctx: StageContext, out: DataFrame) -> list:
     consistency, reason, by = _consistency()
     simulated = F.col("llm_simulated") | F.col("_simulated") | F.coalesce(f"_{JUDGE}simulated", F.lit(False))
     return ["qa_id", "seed_ids", "mode", "grade_role", "attempt", "seed_difficulty", "target_difficulty",
-            "achieved_difficulty", "discipline", "subfield", "is_stem", "question", "draft_answer", "answer",
+            "achieved_difficulty", "achieved_discipline", "achieved_stage", "discipline", "subfield", "is_stem",
+            "question", "draft_answer", "answer",
             "final_answer", consistency.alias("consistency"), reason.alias("consistency_reason"),
             by.alias("consistency_by"), "generator_model", "generator_prompt", "synth_run_id",
             F.col("run_id").alias("check_run_id"), F.col("_model").alias("refiner_model"),

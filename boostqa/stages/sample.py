@@ -126,6 +126,7 @@ STAGE = Stage(
     prepare=plan_candidates,
     reads_output=True,
     whole=True,  # a weighted sample is drawn over all candidates at once
+    deferral_is_failure=False,  # tasks over the budget wait for a larger one: by design
     transform=transform,
     sections=("synthesis",),
     description="plan synthesis tasks: multi-grade roles + booster, weighted by probe deficiency",

@@ -21,8 +21,10 @@ class SimConfig(BaseModel):
     port: int = 0  # 0 = a free port
     seed: int = 0  # server seed, mixed into every request hash
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS), min_length=1)  # listed by /v1/models
-    # the provider whose API behaviour is mimicked (request checks, message shape): see dialect.py
-    dialect: Literal["openai"] = "openai"
+    # the provider whose API behaviour plain /v1 mimics (every dialect is also served under
+    # /<dialect>/v1): see dialect.py
+    dialect: Literal["openai", "deepseek", "vllm", "sglang", "llamacpp", "databricks", "openai_compatible"] = \
+        "openai_compatible"
 
     # latency, drawn per (request, attempt)
     latency: Literal["lognormal", "fixed", "none"] = "lognormal"

@@ -86,15 +86,60 @@ def mc_letters(s: str) -> list[str]:
 
 
 def completion(rf_type: str, schema: dict | None, r: random.Random, letters: list[str]) -> str:
-    """The answer content for a response format: a schema-valid object, a small JSON object, or text
-    ending in "The answer is ..." (an offered option letter for multiple choice, else a number)."""
-    if rf_type == "json_schema":
-        return json.dumps(SchemaGen(schema or {}, r).generate(), ensure_ascii=False)
+    """The answer content for a response format. With a schema (json_schema, or the JSON example
+    a json_object / text prompt carries, see `example_schema`): a schema-valid object, bare in the
+    JSON modes and inside chatter and a code fence in text mode. Without: a small JSON object, or
+    text ending in "The answer is ..." (an offered option letter for multiple choice, else a number)."""
+    if schema is not None:
+        obj = json.dumps(SchemaGen(schema, r).generate(), ensure_ascii=False)
+        return obj if rf_type != "text" else f"{TEXT_PREFIX}Here is the object.\n```json\n{obj}\n```"
     if rf_type == "json_object":
         ans = f"({r.choice(letters)})" if letters else str(r.randint(0, 999))
         return json.dumps({"answer": ans, "explanation": text(r, (1, 2)), "simulator": SIM_NAME})
     ending = f"The answer is ({r.choice(letters)})." if letters else f"The answer is {r.randint(0, 999)}."
     return f"{TEXT_PREFIX}{text(r)} {ending}"
+
+
+_EXAMPLE_MARK = "the values show the expected type):"
+_ONE_OF = re.compile(r"^<one of: (.*)>$")
+
+
+def example_schema(prompt: str) -> dict | None:
+    """A JSON schema read off the example object a json_object / text prompt carries (the wording
+    of ``boostqa.llm.schema.json_instruction``): ``"<one of: a | b>"`` is an enum, ``"<string>"`` a
+    string, ``0`` an integer, ``0.0`` a number, ``true`` a boolean. None without such an example."""
+    at = prompt.rfind(_EXAMPLE_MARK)
+    if at < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(prompt[at + len(_EXAMPLE_MARK):].lstrip())
+    except ValueError:
+        return None
+    return _schema_of(obj) if isinstance(obj, dict) else None
+
+
+def _schema_of(v: Any) -> dict:
+    if isinstance(v, dict):
+        return {"type": "object", "properties": {k: _schema_of(x) for k, x in v.items()}, "required": list(v)}
+    if isinstance(v, list):
+        return {"type": "array", "items": _schema_of(v[0]) if v else {}, "minItems": 1}
+    if isinstance(v, bool):
+        return {"type": "boolean"}
+    if isinstance(v, int):
+        return {"type": "integer", "minimum": 0, "maximum": 100}
+    if isinstance(v, float):
+        return {"type": "number", "minimum": 0.0, "maximum": 1.0}
+    m = _ONE_OF.match(v) if isinstance(v, str) else None
+    if m:
+        return {"enum": [_literal(x) for x in m.group(1).split(" | ")]}
+    return {"type": "string"}
+
+
+def _literal(s: str) -> Any:
+    try:
+        return json.loads(s)  # numbers and booleans of a Literal enum
+    except ValueError:
+        return s
 
 
 class SchemaGen:

@@ -6,7 +6,8 @@ hash and the attempt (how often the server already admitted that same request), 
 succeed. Every fault is an ordinary HTTP response, so no raw socket is needed: FAULT_ERRORS are
 error statuses; timeout holds the answer ``timeout_hold_s``; malformed makes JSON content invalid
 (json_schema / json_object) or cuts a text answer's body in half; truncated cuts the content
-with finish_reason "length".
+with finish_reason "length"; blank answers an empty content with finish_reason "stop" (as DeepSeek
+does under load).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from boostqa.llm.sim.config import SimConfig
 
 FAULT_HEADER = "x-sim-fault"
-FAULT_KINDS = ("rate_limit", "server_error", "unavailable", "timeout", "malformed", "truncated", "bad_request")
-#: the kinds `--fault-rate` spreads over (bad_request stays off unless asked for)
+FAULT_KINDS = ("rate_limit", "server_error", "unavailable", "timeout", "malformed", "truncated", "bad_request",
+               "blank")
+#: the kinds `--fault-rate` spreads over (bad_request and blank stay off unless asked for)
 DEFAULT_FAULT_KINDS = ("rate_limit", "server_error", "unavailable", "timeout", "malformed", "truncated")
 #: kind -> (HTTP status, error type, error code, message); rate_limit and bad_request answer at once
 FAULT_ERRORS = {
@@ -96,8 +98,10 @@ class FaultPlan:
 
 
 def corrupt(fault: str | None, rf_type: str, content: str, r: random.Random) -> tuple[str, str]:
-    """Content and finish_reason after a malformed (JSON formats) or truncated fault."""
+    """Content and finish_reason after a malformed (JSON formats), truncated or blank fault."""
     finish = "stop"
+    if fault == "blank":
+        return "", finish
     if fault == "malformed" and rf_type != "text":
         content = _break_json(content, r)
     if fault == "truncated":
