@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "boostqa needs Python 3.11+, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,notebooks]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[embedded,dev,notebooks]'
 	@touch $@
 
 assets: setup

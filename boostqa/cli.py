@@ -28,6 +28,54 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", "-p", envvar="BOOST
                                                 help="conf/<profile>.yaml over conf/base.yaml (default: local)")]
 
 
+FORMATS = ("table", "json", "csv")
+
+
+def _check_output(value: str) -> str:
+    if value not in FORMATS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(FORMATS)}")
+    return value
+
+
+FormatOpt = Annotated[str, typer.Option("--output", "-o", "--format", "-f", callback=_check_output,
+                                        help="table | json (one JSON object per line) | csv")]
+
+
+def _json_default(v):
+    if hasattr(v, "to_dict") and hasattr(v, "columns"):  # a pandas frame
+        return json.loads(v.to_json(orient="records", force_ascii=False, date_format="iso"))
+    return str(v)
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"boostqa {version('boostqa')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+        conf: Annotated[str | None, typer.Option("--conf", help="configuration directory (before ./conf, "
+                                                 "$BOOSTQA_CONF_DIR and the packaged defaults)")] = None,
+        version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                              help="print the version and exit")] = False):
+    """BoostQA on Spark: synthetic QA for mid-training, on Delta tables with MLflow lineage."""
+    from boostqa.config import set_conf_dir
+
+    if conf is not None:
+        from pathlib import Path
+
+        if not Path(conf).is_dir():
+            _fail(f"--conf {conf}: no such directory")
+        set_conf_dir(conf)
+
+
 def _settings(profile: str | None) -> Settings:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     return load_settings(profile)
@@ -89,6 +137,116 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+# ---------------------------------------------------------------------------------------------- project
+config_app = typer.Typer(help="The merged settings and where they come from.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+EXAMPLE_QUESTIONS = [
+    {"id": "q1", "question": "A train travels 120 km in 1.5 hours. What is its average speed in km/h?",
+     "answer": "120 / 1.5 = 80. The answer is 80."},
+    {"id": "q2", "question": "Which gas makes up most of Earth's atmosphere?",
+     "choices": ["Oxygen", "Nitrogen", "Argon", "Carbon dioxide"], "answer": "B"},
+    {"id": "q3", "question": "What is the derivative of sin(x) * x?", "answer": "sin(x) + x cos(x)"},
+]
+LOCAL_PROFILE = """# Your own data: each source is a file, a directory or a glob (jsonl, json, parquet, csv, tsv,
+# optionally .gz/.zst/.bz2) or a Delta/catalog table (table: catalog.schema.name). `fields` maps
+# the record's keys to boostqa's. Every other setting comes from base.yaml (see `boostqa config show`).
+sources:
+  - name: mine
+    path: data/questions.jsonl
+    fields: {id: id, question: question, answer: answer, choices: choices}
+lake: {root: lake}
+runs_dir: runs
+"""
+
+
+@app.command()
+@_guard
+def init(directory: Annotated[str, typer.Argument(help="project directory (created if missing)")] = ".",
+         force: Annotated[bool, typer.Option(help="overwrite existing files")] = False):
+    """Scaffold a project: conf/ (a local profile reading data/questions.jsonl, the taxonomy and the
+    prompts to customise), an example data file and a .gitignore for lake/, runs/, exports/."""
+    import shutil
+    from pathlib import Path
+
+    from boostqa.config import _packaged_conf
+
+    root, packaged = Path(directory), _packaged_conf()
+    conf = root / "conf"
+    written = []
+
+    def put(path: Path, text: str) -> None:
+        if path.exists() and not force:
+            console.print(f"  kept {escape(str(path))} (exists; --force to overwrite)")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+
+    put(conf / "local.yaml", LOCAL_PROFILE)
+    put(conf / "taxonomy.yaml", (packaged / "taxonomy.yaml").read_text(encoding="utf-8"))
+    for prompt in sorted((packaged / "prompts").glob("*.yaml")):
+        put(conf / "prompts" / prompt.name, prompt.read_text(encoding="utf-8"))
+    put(root / "data" / "questions.jsonl", "".join(json.dumps(q) + "\n" for q in EXAMPLE_QUESTIONS))
+    put(root / ".gitignore", "lake/\nruns/\nexports/\n")
+    console.print(f"[green]wrote {len(written)} files[/] under {escape(str(root.resolve()))}")
+    console.print("next: cd there, put your questions in data/questions.jsonl (or edit conf/local.yaml), then\n"
+                  "  boostqa run            # simulated LLM answers until you configure a real endpoint\n"
+                  "  boostqa sql \"select * from silver.seeds_annotated limit 5\"", highlight=False)
+
+
+@config_app.command("show")
+@_guard
+def config_show(profile: ProfileOpt = None,
+                fmt: Annotated[str, typer.Option("--output", "-o", help="yaml | json")] = "yaml",
+                origin: Annotated[bool, typer.Option("--origin", help="where each configured value comes "
+                                                     "from (file, env or default)")] = False):
+    """The merged settings of a profile, secrets redacted; with --origin, which layer set each value."""
+    import yaml
+
+    from boostqa.config import conf_dirs, origins, redact
+
+    settings = _settings(profile)
+    data = redact(settings.model_dump(mode="json"))
+    if origin:
+        data = {"settings": data, "origins": origins(settings.profile),
+                "lookup": [str(d) for d in conf_dirs()]}
+    if fmt == "json":
+        _print_json(data)
+    elif fmt == "yaml":
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    else:
+        _fail(f"--output {fmt!r}: use yaml or json")
+
+
+def _check_stages(names: list[str]) -> None:
+    """Unknown stage names fail before the engine starts, with the closest names."""
+    import difflib
+
+    from boostqa.stages import STAGES
+
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        hints = [f"{n!r} -> {' or '.join(close)}" for n in unknown
+                 if (close := difflib.get_close_matches(n, list(STAGES), n=2))]
+        _fail(f"unknown stage(s) {unknown}" + (f"; did you mean {', '.join(hints)}?" if hints else "")
+              + f" (stages: {list(STAGES)})")
+
+
+def _plain_progress(p) -> None:
+    """One timestamped line per event when output is not a terminal (CI, Databricks logs)."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    if p.chunk == 0:
+        line = f"{now} {p.stage}: started, {p.rows_total:,} rows pending in {p.chunks} chunks"
+    else:
+        eta = f", eta {p.eta:.0f} s" if p.eta is not None else ""
+        line = (f"{now} {p.stage}: chunk {p.chunk}/{p.chunks}, {p.rows_done:,}/{p.rows_total:,} rows (kept {p.kept}, "
+                f"rejected {p.rejected}, deferred {p.deferred}), {p.elapsed:.0f} s{eta}")
+    print(line, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------- run
 @app.command()
 @_guard
@@ -97,7 +255,16 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
         run_id: Annotated[str | None, typer.Option(help="pipeline run id (reuse one to resume under it)")] = None,
         max_chunks: Annotated[int | None, typer.Option(help="stop each stage after N committed chunks")] = None):
     """Run pipeline stages; a rerun does only what is left."""
+    _check_stages(stages or [])
     settings = _settings(profile)
+    if not settings.sources and (not stages or "ingest" in stages):
+        _fail(f"profile {settings.profile!r} has no sources: add one to conf/{settings.profile}.yaml (`boostqa init` "
+              "writes an example) or use --profile demo")
+    if not console.is_terminal:
+        runner = _runner(settings, _plain_progress)
+        run_id, results = runner.run(stages or None, run_id=run_id, max_chunks=max_chunks)
+        _summary(settings, runner, run_id, results)
+        return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -111,6 +278,11 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
 
         runner = _runner(settings, on_progress)
         run_id, results = runner.run(stages or None, run_id=run_id, max_chunks=max_chunks)
+    _summary(settings, runner, run_id, results)
+
+
+def _summary(settings: Settings, runner, run_id: str, results) -> None:
+    """The run's table, outputs, MLflow pointer, simulation warning and work left (exit 1)."""
     table = Table(title=f"pipeline run {run_id} (profile {settings.profile})")
     for col in ("stage", "pending", "kept", "rejected", "deferred", "chunks", "seconds", "rejected by reason"):
         table.add_column(col, justify="left" if col in ("stage", "rejected by reason") else "right")
@@ -141,10 +313,17 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
 
 
 @app.command("stages")
-def list_stages():
+def list_stages(fmt: FormatOpt = "table"):
     """List the pipeline stages in order with their tables."""
+    import pandas as pd
+
     from boostqa.stages import STAGES
 
+    if fmt != "table":
+        _print_df(pd.DataFrame([{"stage": s.name, "inputs": "" if callable(s.inputs) else ",".join(s.inputs.values()),
+                                 "output": s.output, "rejects": s.rejects or "", "key": ",".join(s.key),
+                                 "what": s.description} for s in STAGES.values()]), fmt)
+        return
     table = Table("stage", "inputs", "output", "rejects", "key", "what")
     for i in (0, 2, 3, 4):  # names stay whole; inputs and descriptions wrap
         table.columns[i].no_wrap = True
@@ -157,9 +336,14 @@ def list_stages():
 # ---------------------------------------------------------------------------------------------- lake
 @app.command()
 @_guard
-def tables(profile: ProfileOpt = None):
+def tables(profile: ProfileOpt = None, fmt: FormatOpt = "table"):
     """Every lake table with its Delta version, rows, files and size."""
+    import pandas as pd
+
     lake = _session(profile).lake
+    if fmt != "table":
+        _print_df(pd.DataFrame([vars(lake.info(n)) for n in lake.tables()]), fmt)
+        return
     table = Table("table", "version", "rows", "files", "size", "location")
     for name in lake.tables():
         i = lake.info(name)
@@ -167,7 +351,13 @@ def tables(profile: ProfileOpt = None):
     console.print(table)
 
 
+_print_df_sink: dict | None = None  # audit/report with -o json: sections collected into one object
+
+
 def _print_df(pdf, fmt: str, title: str | None = None) -> None:
+    if _print_df_sink is not None:
+        _print_df_sink[title or f"table {len(_print_df_sink)}"] = pdf
+        return
     if fmt == "csv":
         sys.stdout.write(pdf.to_csv(index=False))
     elif fmt == "json":
@@ -198,9 +388,6 @@ def _cell(v) -> str:
         return "∅"
     text = json.dumps(list(v), ensure_ascii=False) if hasattr(v, "__len__") and not isinstance(v, str) else str(v)
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json")]
 
 
 @app.command()
@@ -238,11 +425,17 @@ def show(table: str, profile: ProfileOpt = None,
 
 @app.command()
 @_guard
-def history(table: str, profile: ProfileOpt = None, limit: int = 20):
+def history(table: str, profile: ProfileOpt = None, limit: int = 20, fmt: FormatOpt = "table"):
     """Delta commit history of a table (newest first)."""
     from datetime import datetime, timezone
 
     lake = _session(profile).lake
+    if fmt != "table":
+        import pandas as pd
+
+        _print_df(pd.DataFrame([{k: json.dumps(v) if isinstance(v, dict) else v for k, v in h.items()}
+                                for h in lake.history(table, limit)]), fmt)
+        return
     t = Table("version", "timestamp (UTC)", "operation", "parameters", "metrics")
     for h in lake.history(table, limit):
         ts = h.get("timestamp")
@@ -273,11 +466,18 @@ def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
 
 @app.command()
 @_guard
-def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help="example rows per section")] = 3):
+def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help="example rows per section")] = 3,
+          fmt: FormatOpt = "table"):
     """What dedup and decontamination removed and why: counts per reason, benchmark and method."""
     session = _session(profile)
     lake, spark = session.lake, session.spark
     lake.register_sql_names()
+    if not lake.exists("quarantine.duplicates") and not lake.exists("quarantine.contaminated"):
+        _fail("nothing to audit yet: run `boostqa run dedup decontam` (or the pipeline) first")
+    sections: dict = {}
+    if fmt != "table":
+        global _print_df_sink
+        _print_df_sink = sections
     if lake.exists("quarantine.duplicates"):
         _print_df(spark.sql("select reason, count(*) as seeds, round(min(similarity), 3) as min_similarity "
                             "from quarantine.duplicates group by reason order by reason").toPandas(), "table",
@@ -294,18 +494,29 @@ def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help
                             f"substr(question, 1, 80) as question from quarantine.contaminated "
                             f"order by benchmark limit {examples}").toPandas(), "table",
                   title="decontamination: examples")
+    if fmt != "table":
+        _print_df_sink = None
+        _print_json(sections)
 
 
 @app.command()
 @_guard
-def report(profile: ProfileOpt = None):
+def report(profile: ProfileOpt = None, fmt: FormatOpt = "table"):
     """Synthesis report: degradation (Table A4, levels), booster effect, truncation, discipline drift,
     refinement, rejections, calls and tokens."""
     import pandas as pd
 
     from boostqa.reports import synthesis_report
 
-    rep = synthesis_report(_session(profile).lake)
+    lake = _session(profile).lake
+    if not lake.exists("silver.synth_plan"):
+        _fail("nothing to report yet: no synthesis has run (`boostqa run` the pipeline first)")
+    rep = synthesis_report(lake)
+    if fmt == "csv":
+        _fail("the report has many sections: use -o json")
+    if fmt == "json":
+        _print_json(rep)
+        return
     _print_df(rep["degradation_matrix"], "table",
               title="degradation (Table A4): requested multigrade role x re-annotated grade stage")
     _print_df(rep["level_matrix"], "table", title="degradation: requested level x re-annotated level")
@@ -341,7 +552,8 @@ def report(profile: ProfileOpt = None):
 @app.command()
 @_guard
 def tokens(profile: ProfileOpt = None,
-           target: Annotated[int | None, typer.Option(help="token budget (default tokens.target_tokens)")] = None):
+           target: Annotated[int | None, typer.Option(help="token budget (default tokens.target_tokens)")] = None,
+           fmt: FormatOpt = "table"):
     """Token ledger (newest counted version of each table) and progress toward the token budget."""
     from boostqa.reports import ledger, token_progress
 
@@ -350,6 +562,12 @@ def tokens(profile: ProfileOpt = None,
     led = ledger(lake)
     if led.empty:
         _fail("no gold.token_ledger yet: run `boostqa run ledger` (or the pipeline) first")
+    if fmt != "table":
+        if fmt == "json":
+            _print_json({"ledger": led, "progress": token_progress(lake, target or settings.tokens.target_tokens)})
+        else:
+            _print_df(led, fmt)
+        return
     _print_df(led, "table", title=f"gold.token_ledger ({settings.tokens.tokenizer}, eos={settings.tokens.eos})")
     p = token_progress(lake, target or settings.tokens.target_tokens)
     if not p:
@@ -370,14 +588,14 @@ def tokens(profile: ProfileOpt = None,
 
 @app.command()
 @_guard
-def runs(profile: ProfileOpt = None, limit: int = 10):
+def runs(profile: ProfileOpt = None, limit: int = 10, fmt: FormatOpt = "table"):
     """Recent pipeline runs in MLflow (newest first)."""
     import pandas as pd
 
     from boostqa.tracking import recent_runs
 
     s = _settings(profile)
-    _print_df(pd.DataFrame(recent_runs(s.tracking_uri(), s.tracking.experiment, limit)), "table",
+    _print_df(pd.DataFrame(recent_runs(s.tracking_uri(), s.tracking.experiment, limit)), fmt,
               title=f"pipeline runs in {s.tracking_uri()} (experiment {s.tracking.experiment!r})")
 
 
@@ -401,13 +619,18 @@ def llm_sim(port: int = 8000, host: str = "127.0.0.1",
 @app.command()
 @_guard
 def plan(stages: Annotated[list[str] | None, typer.Argument(help="LLM stages (default: all LLM stages)")] = None,
-         profile: ProfileOpt = None):
+         profile: ProfileOpt = None, fmt: FormatOpt = "table"):
     """Dry run: render every pending prompt, count tokens, estimate calls, cost and time. Calls nothing."""
     from boostqa.planning import plan_stages
 
     settings = _settings(profile)
     runner = _runner(settings)
     rows = plan_stages(runner, stages or None)
+    if fmt != "table":
+        import pandas as pd
+
+        _print_df(pd.DataFrame(rows), fmt)
+        return
     table = Table("stage", "endpoint", "model", "pending rows", "calls (new)", "calls (logged)", "prompt tokens",
                   "est. completion tokens", "est. cost USD", "est. time", "limited by", title="LLM plan (dry run)")
     for r in rows:

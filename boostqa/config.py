@@ -199,6 +199,8 @@ class EndpointConfig(_Model):
 
 
 class SimulatorConfig(_Model):
+    # the simulator's fake answers never land in Unity Catalog tables unless this says so
+    allow_in_catalog: bool = False
     latency_ms: float = 20.0
     fault_rate: float = Field(0.0, ge=0, le=1)
     seed: int = 0
@@ -359,6 +361,38 @@ class ExportConfig(_Model):
     title: str = "boostqa mix"
 
 
+class LinkQAConfig(_Model):
+    """LinkQA (docs/linkqa.md): knowledge points (KPs) per seed -> KP graph -> value-guided walks ->
+    one synthesis task (mode linkqa) per path of 2-4 seeds linked by KPs."""
+
+    enabled: bool = False  # off: kp_extract, kp_graph and kp_walk are skipped, no linkqa tasks are planned
+    endpoint: str = "annotator"  # the endpoint that names each seed's KPs
+    kp_prompt: str = "kp_extract"
+    kp_max_chars: int = Field(60, ge=4, le=200)  # longest KP name accepted from the model
+    prompt: str = "synth_linkqa"  # the generator's prompt for mode linkqa (endpoint: synthesis.endpoint)
+    path_length: tuple[int, int] = (2, 4)  # seeds per path: each walk aims at a length drawn from [min, max]
+    paths: int = Field(200, ge=0)  # paths (= linkqa synthesis tasks) in total; a later run adds up to it
+    rounds: int = Field(4, ge=1)  # walk rounds per run: KP visit counts are updated between rounds
+    alpha: float = Field(1.0, ge=0)  # value(kp) = popularity^alpha * (1 + visits)^-beta
+    beta: float = Field(1.0, ge=0)
+    seed: int = 0  # same seed + same graph + same paths so far = same walks
+    # target share of paths per discipline x difficulty, e.g. {physics: {H4: 2, H5: 1}} (normalised);
+    # empty: the seeds' own discipline x difficulty mix
+    target_mix: dict[str, dict[str, float]] = {}
+    max_walk_edges: int = Field(2_000_000, ge=1)  # the walk runs over a collected adjacency up to this many edges
+
+    @model_validator(mode="after")
+    def _check(self) -> LinkQAConfig:
+        lo, hi = self.path_length
+        if not 2 <= lo <= hi <= 4:
+            raise ValueError(f"linkqa.path_length: need 2 <= min <= max <= 4, got {list(self.path_length)}")
+        for d, cells in self.target_mix.items():
+            for level, share in cells.items():
+                if str(level).upper().lstrip("H") not in {"1", "2", "3", "4", "5"} or share < 0:
+                    raise ValueError(f"linkqa.target_mix.{d}.{level}: levels are H1..H5, shares >= 0")
+        return self
+
+
 class Settings(_Model):
     project: str = "boostqa"
     profile: str = "local"
@@ -377,6 +411,7 @@ class Settings(_Model):
     annotate: AnnotateConfig = AnnotateConfig()
     probe: ProbeConfig = ProbeConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
+    linkqa: LinkQAConfig = LinkQAConfig()
     refine: RefineConfig = RefineConfig()
     gate: GateConfig = GateConfig()
     corpus: list[CorpusSourceConfig] = []
@@ -423,15 +458,46 @@ def _redact(obj: Any) -> Any:
     return obj
 
 
-def conf_dir() -> Path:
-    """conf/ of a source checkout, else the copy packaged in the wheel (env BOOSTQA_CONF_DIR wins)."""
-    if os.environ.get("BOOSTQA_CONF_DIR"):
-        return Path(os.environ["BOOSTQA_CONF_DIR"])
+_explicit_conf: Path | None = None  # set by `boostqa --conf DIR`
+
+
+def set_conf_dir(path: Path | str | None) -> None:
+    global _explicit_conf
+    _explicit_conf = Path(path).resolve() if path else None
+
+
+def _packaged_conf() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "conf", here / "_conf"):
         if (candidate / "base.yaml").exists():
             return candidate
-    raise ConfigError(f"no conf/base.yaml next to {here}; set BOOSTQA_CONF_DIR")
+    raise ConfigError(f"no conf/base.yaml next to {here}; reinstall boostqa or set BOOSTQA_CONF_DIR")
+
+
+def conf_dirs() -> list[Path]:
+    """Where configuration files are looked up, first wins per file: ``--conf``, ``./conf``,
+    ``$BOOSTQA_CONF_DIR``, then the defaults packaged with boostqa (so a project's conf/ may hold
+    only the files it changes: a profile, the taxonomy, a prompt)."""
+    found = [_explicit_conf, Path.cwd() / "conf",
+             Path(os.environ["BOOSTQA_CONF_DIR"]) if os.environ.get("BOOSTQA_CONF_DIR") else None, _packaged_conf()]
+    out: list[Path] = []
+    for d in found:
+        if d is not None and d.is_dir() and d.resolve() not in out:
+            out.append(d.resolve())
+    return out
+
+
+def conf_file(relative: str) -> Path:
+    """The first ``conf_dirs()`` file at ``relative`` (e.g. "local.yaml", "prompts/refine.yaml")."""
+    for d in conf_dirs():
+        if (d / relative).is_file():
+            return d / relative
+    raise ConfigError(f"no {relative} in {', '.join(map(str, conf_dirs()))}")
+
+
+def conf_dir() -> Path:
+    """The first configuration directory (``conf_dirs()``), where ``boostqa init`` writes."""
+    return conf_dirs()[0]
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -464,22 +530,62 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict:
     return out
 
 
+def _layers(profile: str, directory: Path | None, overrides: dict | None,
+            environ: dict[str, str] | None) -> list[tuple[str, dict]]:
+    """(where, values) from lowest to highest precedence."""
+    def find(name: str) -> Path | None:
+        if directory is not None:
+            return directory / name if (directory / name).is_file() else None
+        try:
+            return conf_file(name)
+        except ConfigError:
+            return None
+
+    base, profile_file = find("base.yaml"), find(f"{profile}.yaml")
+    if base is None:
+        raise ConfigError(f"no base.yaml in {directory or ', '.join(map(str, conf_dirs()))}")
+    if profile_file is None:
+        dirs = [directory] if directory is not None else conf_dirs()
+        known = sorted({p.stem for d in dirs for p in d.glob("*.yaml")} - {"base", "taxonomy"})
+        raise ConfigError(f"unknown profile {profile!r}: no {profile}.yaml in "
+                          f"{', '.join(map(str, dirs))} (profiles: {known})")
+    env = environ if environ is not None else os.environ
+    return [(str(base), _read_yaml(base)), (str(profile_file), _read_yaml(profile_file)),
+            (f"env {ENV_PREFIX}*", env_overrides(env)), ("overrides", overrides or {})]
+
+
 def load_settings(profile: str | None = None, directory: Path | None = None,
                   overrides: dict | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """base.yaml <- <profile>.yaml <- BOOSTQA__* env <- explicit overrides."""
-    directory = directory or conf_dir()
+    """base.yaml <- <profile>.yaml <- BOOSTQA__* env <- explicit overrides (files looked up in
+    ``conf_dirs()`` unless ``directory`` is given)."""
     profile = profile or os.environ.get("BOOSTQA_PROFILE", "local")
-    data = _read_yaml(directory / "base.yaml")
-    profile_file = directory / f"{profile}.yaml"
-    if not profile_file.exists():
-        known = sorted(p.stem for p in directory.glob("*.yaml") if p.stem not in ("base", "taxonomy"))
-        raise ConfigError(f"unknown profile {profile!r}: no {profile_file} (profiles: {known})")
-    data = deep_merge(data, _read_yaml(profile_file))
-    data = deep_merge(data, env_overrides(environ))
-    data = deep_merge(data, overrides or {})
+    layers = _layers(profile, directory, overrides, environ)
+    data: dict = {}
+    for _, values in layers:
+        data = deep_merge(data, values)
     data["profile"] = profile
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
         lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"invalid settings for profile {profile!r} ({profile_file}):\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid settings for profile {profile!r} ({layers[1][0]}):\n" + "\n".join(lines)) from None
+
+
+def origins(profile: str | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Each configured setting (dotted path) -> the file or layer that set it last; settings no
+    layer sets come from the code's defaults."""
+    profile = profile or os.environ.get("BOOSTQA_PROFILE", "local")
+    out: dict[str, str] = {}
+
+    def walk(node, where: str, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, where, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            for key in [k for k in out if k.startswith(prefix + ".")]:  # a whole subtree replaced
+                del out[key]
+            out[prefix] = where
+
+    for where, values in _layers(profile, None, None, environ):
+        walk(values, where, "")
+    return out

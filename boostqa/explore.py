@@ -28,12 +28,28 @@ def default_profile() -> str:
     return os.environ.get("BOOSTQA_PROFILE") or DEFAULT_PROFILE
 
 
-def open_lake(profile: str | None = None) -> tuple[Settings, Lake]:
-    """Settings of the profile (with BOOSTQA__* env overrides) and a Lake on its engine.
+def parameter(name: str, default: str) -> str:
+    """A notebook parameter: a Databricks widget where ``dbutils`` exists (interactive or as a
+    bundle task's base parameter), else the environment (``BOOSTQA_<NAME>``), else ``default``."""
+    import __main__
+
+    dbutils = getattr(__main__, "dbutils", None)
+    if dbutils is not None:
+        dbutils.widgets.text(name, default)
+        return dbutils.widgets.get(name)
+    import os
+
+    return os.environ.get(f"BOOSTQA_{name.upper()}", default)
+
+
+def open_lake(profile: str | None = None, catalog: str | None = None) -> tuple[Settings, Lake]:
+    """Settings of the profile (with BOOSTQA__* env overrides) and a Lake on its engine;
+    ``catalog`` puts the lake in that Unity Catalog catalog.
 
     The engine comes from the profile: embedded starts LakeSail in this process; databricks
     reuses the session the notebook already has."""
-    settings = load_settings(profile or default_profile())
+    settings = load_settings(profile or default_profile(),
+                             overrides={"lake": {"catalog": catalog}} if catalog else None)
     spark = get_spark(settings.engine)
     return settings, Lake(spark, settings.lake, settings.runner.commit_retries)
 

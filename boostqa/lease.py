@@ -4,7 +4,8 @@ Two runs of one stage on one lake would each pay for the same LLM calls, and bot
 every row as theirs. Before a stage starts, its run takes the stage's lease: a row (stage, run,
 holder, expiry) written with a MERGE that only replaces an expired row or its own. A heartbeat
 thread renews the expiry while the stage runs; a crashed holder stops renewing, so its lease
-lapses after ``ttl`` seconds instead of blocking forever. When two runs race for a free lease
+lapses after ``ttl`` seconds instead of blocking forever, and a holder on this same machine whose
+process is gone (pid and start time, so a reused pid is not mistaken for it) is broken at once. When two runs race for a free lease
 and both rows land, the earliest (acquired_at, run_id) wins and the other withdraws. A second
 run waits up to ``wait`` seconds, then stops with a message naming the holder.
 
@@ -24,6 +25,28 @@ SCHEMA = "stage string, run_id string, holder string, acquired_at timestamp, exp
 TABLE = "ops.stage_leases"
 
 
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}:{_started(pid) or '?'}"
+
+
+def is_dead(holder: str) -> bool:
+    """A holder on this machine whose process no longer exists (never True for another machine's)."""
+    host, _, rest = holder.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or start in ("", "?"):
+        return False
+    return _started(int(pid)) != start
+
+
 class LeaseTaken(RuntimeError):
     """Another live run holds the stage."""
 
@@ -31,7 +54,7 @@ class LeaseTaken(RuntimeError):
 class Lease:
     def __init__(self, lake, stage: str, run_id: str, ttl: float = 120.0, wait: float = 0.0):
         self.lake, self.stage, self.run_id, self.ttl, self.wait = lake, stage, run_id, ttl, wait
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder_id(os.getpid())
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -52,6 +75,9 @@ class Lease:
             winner = self._try()
             if winner["run_id"] == self.run_id:
                 break
+            if is_dead(winner["holder"]):  # killed on this machine: its lease is void
+                self._sql(f"DELETE FROM {self._ref} WHERE stage = '{self.stage}' AND run_id = '{winner['run_id']}'")
+                continue
             if time.monotonic() >= deadline:
                 raise LeaseTaken(f"stage {self.stage} is being run by run {winner['run_id']} ({winner['holder']}) "
                                  f"on this lake; its lease expires at {winner['expires_at']:%Y-%m-%d %H:%M:%S} UTC "

@@ -96,6 +96,21 @@ class StageResult:
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def summary(results: list[StageResult]) -> dict[str, float]:
+    """The run's totals per stage (feedback passes added up) and LLM usage, for the parent run, so
+    runs compare side by side in the MLflow UI."""
+    out: dict[str, float] = {}
+    for r in results:
+        if r.skipped:
+            continue
+        for k in ("pending", "kept", "rejected", "deferred"):
+            out[f"{r.stage}.{k}"] = out.get(f"{r.stage}.{k}", 0) + getattr(r, k)
+        for k in ("llm.calls", "llm.reused", "llm.prompt_tokens", "llm.completion_tokens", "llm.reasoning_tokens"):
+            if isinstance(r.stats.get(k), (int, float)):
+                out[f"total.{k}"] = out.get(f"total.{k}", 0) + r.stats.get(k)
+    return out
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
@@ -127,8 +142,11 @@ class Session:
     def ref(self, name: str, version: int | None = None) -> TableRef:
         """A table at a version (default: current) with its location and content digest."""
         version = self.lake.version(name) if version is None else version
+        rows = None
+        if version is not None and not self.lake.catalog_mode and version == self.lake.version(name):
+            rows = self.lake.info(name).rows  # the Delta log's record counts: no scan
         return TableRef(name, self.lake.location(name), version,
-                        self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode)
+                        self.lake.digest(name, version) if version is not None else None, self.lake.catalog_mode, rows)
 
 
 class Runner:
@@ -168,6 +186,7 @@ class Runner:
                     break  # later stages would read a half-done table
                 if stage.feeds_back and not self._feedback(stage, stages, run_id, max_chunks, results):
                     break
+            self.tracker.log_summary(summary(results), {"stages": ",".join(s.name for s in stages)})
         return run_id, results
 
     def _feedback(self, stage: Stage, stages: list[Stage], run_id: str, max_chunks: int | None,
@@ -275,6 +294,7 @@ class Runner:
             pending = self.pending(stage, ctx)
             buckets, chunks = self._plan_chunks(stage, pending)
             result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
+            self.progress(Progress(stage.name, 0, result.chunks_total, 0, result.pending, 0, 0, 0, 0.0))  # started
             for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
                 if max_chunks is not None and i >= max_chunks:
                     break
@@ -311,6 +331,9 @@ class Runner:
         found = journal.files(self.lake.journal_path(stage.name))
         if found:
             rows = self.spark.read.parquet(*found).dropDuplicates(["request_key"])
+            if self.lake.exists(stage.journal):  # a journal of an older version may lack columns
+                rows = rows.select("*", *[F.lit(None).cast(f.dataType).alias(f.name)
+                                          for f in self.lake.schema(stage.journal).fields if f.name not in rows.columns])
             self.lake.insert_new(rows, stage.journal, ("request_key",), evolve=True)
             journal.clear(found)
 

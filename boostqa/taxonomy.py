@@ -29,9 +29,9 @@ class Taxonomy:
 
 @lru_cache(maxsize=8)
 def load_taxonomy(path: str | None = None) -> Taxonomy:
-    from boostqa.config import conf_dir
+    from boostqa.config import conf_file
 
-    p = Path(path) if path else conf_dir() / "taxonomy.yaml"
+    p = Path(path) if path else conf_file("taxonomy.yaml")
     data = yaml.safe_load(p.read_text(encoding="utf-8"))["disciplines"]
     return Taxonomy(stem={d: bool(v["stem"]) for d, v in data.items()},
                     subfields={d: tuple(v["subfields"]) for d, v in data.items()})

@@ -34,6 +34,7 @@ class TableRef:
     version: int | None
     digest: str | None
     catalog: bool = False
+    rows: int | None = None  # from the Delta log's file statistics (no scan)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -126,7 +127,26 @@ class Tracker:
         source = (DeltaDatasetSource(delta_table_name=ref.location, delta_table_version=ref.version) if ref.catalog
                   else DeltaDatasetSource(path=ref.location, delta_table_version=ref.version))
         ds = MetaDataset(source, name=ref.name, digest=ref.digest)
-        self._mlflow.log_input(ds, context=context)
+        # the version as a tag too: MLflow's Delta source drops a version 0 (falsy) from the UI
+        tags = {"delta_version": str(ref.version), "location": ref.location}
+        if ref.rows is not None:
+            tags["rows"] = str(ref.rows)
+        self._mlflow.log_input(ds, context=context, tags=tags)
+
+    def log_summary(self, metrics: dict[str, float], params: dict[str, str]) -> None:
+        """Totals of a pipeline run on its parent run (the active run between stages)."""
+        if not self.enabled or self.parent_id is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        for k, v in metrics.items():
+            client.log_metric(self.parent_id, k, float(v))
+        for k, v in params.items():
+            try:
+                client.log_param(self.parent_id, k, v)
+            except Exception:  # a resumed parent keeps the params of its first run
+                client.set_tag(self.parent_id, f"boostqa.last_{k}", v)
 
     def log_file(self, name: str, path: str, digest: str, context: str = "input") -> None:
         if not self.enabled:

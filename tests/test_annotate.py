@@ -188,6 +188,14 @@ def test_every_seed_annotated_logged_and_tracked(spark, make_settings, lake_copy
     assert m["llm.completion_tokens"] == spent["completion"]
     assert m["llm.latency_ms_total"] > 0 and m["rows_kept"] == N_SEEDS
     assert run.data.params["config.llm.endpoints.annotator.base_url"] == "simulator"
+    # the parent run carries the run's totals; every input names its Delta version and row count
+    client = MlflowClient(settings.tracking_uri())
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["annotate.kept"] == N_SEEDS and parent.data.metrics["total.llm.calls"] == N_SEEDS
+    assert parent.data.params["stages"] == "annotate"
+    seeds_input = next(i for i in run.inputs.dataset_inputs if i.dataset.name == "silver.seeds_clean")
+    tags = {t.key: t.value for t in seeds_input.tags}
+    assert tags["rows"] == str(N_SEEDS) and tags["delta_version"].isdigit()
 
 
 # ---------------------------------------------------------------- 2. resume without paying twice

@@ -219,3 +219,21 @@ def test_targets_and_schedule(bundle):
         assert schedule.get("timezone_id")
         assert schedule.get("pause_status") == "PAUSED", f"{job}: paused unless a target unpauses it (dev stays paused)"
         assert spec.get("max_concurrent_runs") == 1, f"{job}: stages are single-writer per output table"
+
+
+def test_jobs_validate_against_databricks_typed_models(bundle):
+    """Each job as Databricks' own typed models read it (databricks-bundles): an unknown or
+    misspelt field is an error there, not a silent no-op at deploy time."""
+    from databricks.bundles.jobs import Job
+
+    for spec in _jobs(bundle).values():
+        plain = {k: v for k, v in spec.items() if k != "_file"}
+        job = Job.from_dict(plain)
+        assert len(job.tasks) == len(plain["tasks"]) and all(t.python_wheel_task for t in job.tasks)
+        with pytest.raises(ValueError, match="Unexpected field 'scheduel'"):
+            Job.from_dict({**plain, "scheduel": plain["schedule"]})
+
+
+def test_prod_target_deploys_to_a_shared_root(bundle):
+    prod = bundle["targets"]["prod"]
+    assert prod["mode"] == "production" and (prod.get("workspace", {}).get("root_path") or prod.get("run_as"))

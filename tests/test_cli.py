@@ -410,3 +410,80 @@ def test_sql_is_read_only_unless_write(built):
     r = invoke("sql", "/* a comment */ with x as (select 1 as n) -- trailing\n select n from x", "-p", PROFILE,
                "--format", "csv")
     assert r.exit_code == 0 and r.stdout.split() == ["n", "1"]
+
+
+# ---------------------------------------------------------------------------------------------- newcomer
+def test_did_you_mean_for_a_misspelt_stage(fresh):
+    r = invoke("run", "anotate", "-p", PROFILE)
+    assert r.exit_code == 2 and "did you mean 'anotate' -> annotate" in r.stderr
+
+
+def test_version_and_bad_output_format():
+    from importlib.metadata import version
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"boostqa {version('boostqa')}"
+    r = invoke("stages", "-o", "xml")
+    assert r.exit_code == 2 and "'xml' is not one of table, json, csv" in r.output
+
+
+def test_every_data_command_speaks_json(built):
+    """-o json: one JSON object per line (a row) or one object (multi-section reports)."""
+    def lines(*args: str) -> list[dict]:
+        r = invoke(*args, "-p", PROFILE, "-o", "json") if args[0] not in ("stages",) else invoke(*args, "-o", "json")
+        assert r.exit_code == 0, r.output
+        return parse_jsonl(r.stdout)
+
+    assert {t["name"] for t in lines("tables")} >= {"bronze.seeds", "silver.seeds"}
+    assert any(s["stage"] == "ingest" for s in lines("stages"))
+    assert lines("sql", "select count(*) as n from silver.seeds") == [{"n": 5}]
+    assert len(lines("show", "silver.seeds")) == 5
+    assert lines("history", "silver.seeds")[0]["version"] >= 1
+    assert {r["stage"] for r in lines("lineage", built["run_id"])} >= {"ingest"}
+    assert built["run_id"] in {r["pipeline_run"] for r in lines("runs")}
+    (audit,) = lines("audit")
+    assert "dedup: removed seeds by reason" in audit
+    (cfg,) = parse_jsonl(invoke("config", "show", "-p", PROFILE, "-o", "json", "--origin").stdout)
+    assert cfg["settings"]["profile"] == PROFILE and len(cfg["settings"]["sources"]) == 2
+    assert cfg["origins"]["sources"].endswith(f"{PROFILE}.yaml") and cfg["origins"]["lake.root"] == "env BOOSTQA__*"
+    assert cfg["origins"]["dedup.threshold"].endswith("base.yaml")
+
+
+def test_no_sources_says_so(fresh, tmp_path):
+    (built_conf := tmp_path / "emptyconf").mkdir()
+    (built_conf / "empty.yaml").write_text("sources: []\n")
+    r = invoke("--conf", str(built_conf), "run", "-p", "empty")
+    assert r.exit_code == 2 and "profile 'empty' has no sources" in r.stderr and "boostqa init" in r.stderr
+
+
+def test_newcomer_init_run_query(tmp_path, monkeypatch, _engine):
+    """`boostqa init` in an empty directory, their own questions dropped in, the pipeline on the
+    simulator, the answer read back with `sql -o json`."""
+    import os
+
+    from boostqa.stages import llm
+
+    for name in list(os.environ):
+        if name.startswith("BOOSTQA"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(cli, "console", Console(width=200, color_system=None))
+    project = tmp_path / "myproject"
+    r = invoke("init", str(project))
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (project / "conf").iterdir()} == {"local.yaml", "taxonomy.yaml", "prompts"}
+    assert (project / ".gitignore").read_text().split() == ["lake/", "runs/", "exports/"]
+    mine = [{"id": f"m{i}", "question": f"My question {i}: how many legs do {i + 2} spiders have in total?",
+             "answer": f"{8 * (i + 2)}"} for i in range(6)]
+    write_jsonl(project / "data" / "questions.jsonl", mine)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("BOOSTQA__DECONTAM__EMBEDDING__ENABLED", "false")  # keep the test short
+    llm.stop_simulator()
+    r = invoke("run", "ingest", "bench", "dedup", "decontam", "annotate")
+    llm.stop_simulator()
+    assert r.exit_code == 0, r.output
+    assert (project / "lake" / "silver" / "seeds_annotated").is_dir()
+    q = invoke("sql", "-o", "json", "select source_row_id, discipline, difficulty, llm_simulated "
+               "from silver.seeds_annotated order by source_row_id")
+    got = parse_jsonl(q.stdout)
+    assert [g["source_row_id"] for g in got] == [m["id"] for m in mine]
+    assert all(g["llm_simulated"] is True and 1 <= g["difficulty"] <= 5 for g in got)

@@ -65,3 +65,16 @@ def test_redacted_masks_secret_values():
         {"password": "p", "db_password": "q", "client_secret": "c", "access_token": "a", "tokens": 3, "max_tokens": 4})
     assert masked == {"password": "***", "db_password": "***", "client_secret": "***", "access_token": "***",
                       "tokens": 3, "max_tokens": 4}
+
+
+def test_the_simulator_never_writes_catalog_tables(make_settings):
+    from boostqa.stages.base import StageError
+    from boostqa.stages.llm_calls import endpoint
+
+    s = make_settings(lake={"catalog": "main"})
+    with pytest.raises(StageError, match="is the simulator .* catalog 'main'"):
+        endpoint(s, "annotator", start_simulator=False)
+    ok = make_settings(lake={"catalog": "test"}, llm={"simulator": {"allow_in_catalog": True}})
+    assert endpoint(ok, "annotator", start_simulator=False).simulated
+    real = load_settings("databricks", environ={})
+    assert {n: e.base_url for n, e in real.llm.endpoints.items() if e.base_url == "simulator"} == {}

@@ -1,4 +1,4 @@
-"""The LLM-stage template: the README's worked example (a new stage in about 30 lines) runs end to
+"""The LLM-stage template: the worked example of docs/reference.md (a new stage in about 30 lines) runs end to
 end against the simulator over HTTP, with the call log, reuse, quarantine and metrics it gets for free."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from boostqa.runner import Runner
 from boostqa.stages import llm
 from boostqa.stages.llm import LLMTask, llm_stage
 
-# ----------------------------------------------------------------- the README example, verbatim
+# ----------------------------------------------------------------- the docs/reference.md example, verbatim
 
 
 class Hint(LLMTask):
@@ -102,3 +102,11 @@ def test_a_new_llm_stage_in_thirty_lines(spark, make_settings, conf_with_hint):
     assert (second.pending, second.kept, second.stats["llm.calls"], second.stats["llm.reused"]) == (2, 2, 1, 1)
     assert runner.lake.read("silver.seed_hints").count() == 14
     assert runner.run_stage(STAGE, "r3").pending == 0
+
+
+def test_the_documented_example_is_this_code():
+    """docs/reference.md shows the Hint stage above character for character."""
+    src = Path(__file__).read_text(encoding="utf-8")
+    code = src[src.index("class Hint(LLMTask):"):src.index("# ------", src.index("class Hint(LLMTask):"))].strip()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert code in doc

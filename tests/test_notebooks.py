@@ -42,7 +42,8 @@ def test_notebook_is_stripped_valid_v4(path: Path):
                 f"{path.name}: cell {c.id} has outputs: python -m boostqa.explore {path}"
         assert "seaborn" not in c.source
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and 'PROFILE = os.environ.get("BOOSTQA_PROFILE", "demo")' in params[0].source
+    assert len(params) == 1 and 'PROFILE = parameter("profile", "demo")' in params[0].source
+    assert 'CATALOG = parameter("catalog", "")' in params[0].source
     assert nb.metadata.kernelspec.name == "python3"
 
 
@@ -165,3 +166,28 @@ def test_explore_raises_on_missing_or_empty(spark, tmp_path):
     with pytest.raises(LakeError, match="empty"):
         explore.read(lake, "ops.exports")
     assert explore.read(lake, "ops.exports", nonempty=False).count() == 0
+
+
+def test_parameters_come_from_databricks_widgets_when_present(monkeypatch):
+    """On Databricks a notebook's parameters are widgets (a bundle task's base_parameters fill
+    them); elsewhere the environment."""
+    import __main__
+
+    from boostqa.explore import parameter
+
+    monkeypatch.setenv("BOOSTQA_PROFILE", "local")
+    assert parameter("profile", "demo") == "local" and parameter("catalog", "") == ""
+
+    class Widgets:
+        def __init__(self):
+            self.values = {"profile": "databricks"}
+
+        def text(self, name, default):
+            self.values.setdefault(name, default)
+
+        def get(self, name):
+            return self.values[name]
+
+    dbutils = type("DBUtils", (), {"widgets": Widgets()})()
+    monkeypatch.setattr(__main__, "dbutils", dbutils, raising=False)
+    assert parameter("profile", "demo") == "databricks" and parameter("catalog", "main") == "main"

@@ -108,5 +108,6 @@ def test_pipeline_against_a_real_model(llama_server, make_settings, tmp_path, sp
               "tokens_per_s_per_request": round(calls["completion_tokens"].sum() / seconds, 1),
               "schema_valid_first_responses": round(float((first["status"] == "ok").mean()), 3),
               "outcomes": {s: by[s] for s in LLM_STAGES},
-              "status_by_prompt": calls.groupby(["prompt_id", "status"]).size().to_dict()}
+              "status_by_prompt": {f"{p} {s}": int(n) for (p, s), n in
+                                   calls.groupby(["prompt_id", "status"]).size().items()}}
     print("\nREAL-MODEL", json.dumps(report, default=str))

@@ -93,7 +93,7 @@ def _table(root: Path, name: str, key: str) -> dict:
     return out
 
 
-SAME = ("discipline", "subfield", "difficulty", "stage", "rationale", "request_key", "question")
+SAME = ("discipline", "subfield", "difficulty", "grade_stage", "rationale", "request_key", "question")
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,24 @@ def test_a_second_run_of_a_stage_is_refused_until_the_lease_lapses(spark, make_s
     waiting.acquire()  # waits for the lapse, then takes over
     assert Lease.live_runs(lake, "toy") == {"run-d"}
     waiting.release()
+    # a holder killed on this machine (its process gone) is broken at once, long lease or not
+    import subprocess
+
+    from boostqa.lease import holder_id, is_dead
+
+    child = subprocess.Popen(["sleep", "30"])
+    killed = Lease(lake, "toy", "run-e", ttl=600)
+    killed.holder = holder_id(child.pid)
+    killed.acquire()
+    killed._stop.set()
+    assert not is_dead(killed.holder) and not is_dead("other-host:1:1")
+    with pytest.raises(LeaseTaken):
+        Lease(lake, "toy", "run-f", ttl=30).acquire()
+    child.kill()
+    child.wait()
+    assert is_dead(killed.holder)
+    with Lease(lake, "toy", "run-f", ttl=30):
+        assert Lease.live_runs(lake, "toy") == {"run-f"}
 
 
 def test_staging_of_dead_runs_is_cleared_by_the_next_run(spark, make_settings):

@@ -26,7 +26,7 @@ FIELDS = [("request_key", pa.string()), ("endpoint", pa.string()), ("model", pa.
           ("reasoning", pa.string()), ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
           ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()), ("attempts", pa.int64()),
           ("error", pa.string()), ("http_status", pa.int64()), ("reasoning_tokens", pa.int64()),
-          ("response_format", pa.string()), ("logprobs", pa.string()), ("simulated", pa.bool_()),
+          ("response_format", pa.string()), ("logprobs", pa.string()), ("retry", pa.int64()), ("simulated", pa.bool_()),
           ("run_id", pa.string()), ("created_at", pa.timestamp("us", tz="UTC"))]
 SCHEMA = pa.schema(FIELDS)
 KEPT = ("ok", "invalid", "truncated")  # answers worth reusing (failed calls are not answers)
@@ -40,14 +40,14 @@ class CallJournal:
         self.rows: list[dict] = []
         os.makedirs(directory, exist_ok=True)
 
-    def add(self, result, messages: list[dict], prompt_id: str, simulated: bool) -> None:
+    def add(self, result, messages: list[dict], prompt_id: str, simulated: bool, retry: int = 0) -> None:
         if result.status not in KEPT:
             return
         row = {k: getattr(result, k) for k in ("request_key", "status", "raw", "reasoning", "finish_reason",
                                                 "prompt_tokens", "completion_tokens", "latency_ms", "attempts",
                                                 "error", "http_status", "reasoning_tokens", "response_format",
                                                 "logprobs")}
-        row.update(self.context, messages=json.dumps(messages, ensure_ascii=False), prompt_id=prompt_id,
+        row.update(self.context, messages=json.dumps(messages, ensure_ascii=False), prompt_id=prompt_id, retry=retry,
                    simulated=bool(simulated or result.simulated), created_at=datetime.now(timezone.utc))
         self.rows.append(row)
         if len(self.rows) >= self.every:

@@ -52,9 +52,15 @@ def as_data(name: str, text, tags: re.Pattern) -> str:
 
 
 def load_prompt(name: str, directory: Path | None = None) -> Prompt:
-    from boostqa.config import conf_dir
+    from boostqa.config import ConfigError, conf_file
 
-    path = (directory or conf_dir() / "prompts") / f"{name}.yaml"
+    if directory is not None:
+        path = directory / f"{name}.yaml"
+    else:
+        try:
+            path = conf_file(f"prompts/{name}.yaml")
+        except ConfigError as e:
+            raise FileNotFoundError(f"no prompt template {name!r}: {e}") from None
     if not path.exists():
         raise FileNotFoundError(f"no prompt template {path}")
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

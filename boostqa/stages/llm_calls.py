@@ -86,6 +86,10 @@ def endpoint(settings, name: str, start_simulator: bool = True, **overrides) -> 
     c = eps[name]
     simulated = c.base_url == "simulator"
     url = c.base_url
+    if simulated and settings.lake.catalog and not settings.llm.simulator.allow_in_catalog:
+        raise StageError(f"LLM endpoint {name!r} is the simulator (fake answers) but the lake writes catalog "
+                         f"{settings.lake.catalog!r}: point llm.endpoints.{name}.base_url at a real endpoint "
+                         "(or set llm.simulator.allow_in_catalog: true for a test catalog)")
     if simulated:
         url = f"{simulator_url(settings)}/{c.provider}/v1" if start_simulator else "simulator"
     shared = {f.name for f in dataclasses.fields(Endpoint)}  # config keys the client knows (not prices)
@@ -191,7 +195,8 @@ def _journal_writer(ctx: StageContext, ep: Endpoint, task):
         journal, by_key = CallJournal(where, context, every), {r.key: r for r in reqs}
 
         def log(res) -> None:
-            journal.add(res, by_key[res.request_key].messages, prompts[res.request_key], simulated)
+            req = by_key[res.request_key]
+            journal.add(res, req.messages, prompts[res.request_key], simulated, req.retry)
 
         log.journal = journal
         return log
