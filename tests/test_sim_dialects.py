@@ -164,3 +164,58 @@ def test_blank_answers_are_retried():
                            Label)
         assert blanky.stats()["faults"]["blank"] > 5
     assert all(r.status == "ok" for r in res) and max(r.attempts for r in res) > 1
+
+
+# ------------------------------------------------------------------ the stages, per provider dialect
+@pytest.fixture(scope="module")
+def prepared_lake(tmp_path_factory, _engine):
+    from boostqa import engine
+    from boostqa.config import load_settings
+    from boostqa.runner import Runner
+    from tests.conftest import write_jsonl
+
+    root = tmp_path_factory.mktemp("dialect_lake")
+    rows = [{"id": f"d{i}", "question": f"Dialect seed {i}: what is {i} squared plus {i * 3} in the {i}-th case?",
+             "answer": f"{i * i + 3 * i}", **({"choices": [str(i * i + 3 * i), "0", "1"]} if i % 3 == 0 else {})}
+            for i in range(12)]
+    write_jsonl(root / "seeds.jsonl", rows)
+    write_jsonl(root / "bench.jsonl", [{"question": "Which river flows through Cairo?", "answer": "Nile"}])
+    base = {"sources": [{"name": "d", "path": str(root / "seeds.jsonl"),
+                         "fields": {"id": "id", "question": "question", "answer": "answer", "choices": "choices"}}],
+            "benchmarks": [{"name": "b", "path": str(root / "bench.jsonl")}],
+            "decontam": {"embedding": {"enabled": False}}, "tracking": {"enabled": False},
+            "lake": {"root": str(root / "lake")}, "runs_dir": str(root / "runs")}
+    Runner(load_settings("local", environ={}, overrides=base), spark=engine.get_spark()).run(
+        ["ingest", "bench", "dedup", "decontam"])
+    return root, base
+
+
+@pytest.mark.parametrize("provider", ["deepseek", "openai", "vllm", "sglang", "llamacpp", "databricks",
+                                      "openai_compatible"])
+def test_annotate_and_probe_in_each_dialect(prepared_lake, tmp_path, provider):
+    """The stages against the simulator speaking each provider's dialect: every row kept, no row
+    lost, the output mode the provider supports, nothing asked twice on a rerun."""
+    import shutil
+
+    from boostqa import engine
+    from boostqa.config import deep_merge, load_settings
+    from boostqa.runner import Runner
+    from boostqa.stages import llm
+
+    root, base = prepared_lake
+    shutil.copytree(root / "lake", tmp_path / "lake")
+    eps = {n: {"provider": provider, "base_url": "simulator"} for n in ("annotator", "probe")}
+    settings = load_settings("local", environ={}, overrides=deep_merge(base, {
+        "lake": {"root": str(tmp_path / "lake")}, "llm": {"endpoints": eps}, "probe": {"per_cell": 2}}))
+    llm.stop_simulator()
+    runner = Runner(settings, spark=engine.get_spark())
+    _, results = runner.run(["annotate", "probe"])
+    _, again = runner.run(["annotate", "probe"])
+    llm.stop_simulator()
+    by = {r.stage: r for r in results}
+    assert by["annotate"].kept == 12 and by["probe"].kept == by["probe"].pending > 0
+    assert all(r.deferred == 0 and r.rejected == 0 for r in results)
+    calls = runner.lake.read("ops.llm_calls").toPandas()
+    modes = set(calls[calls["stage"] == "annotate"]["response_format"])
+    assert modes == ({"json_object"} if provider == "deepseek" else {"json_schema"})
+    assert all(r.pending == 0 for r in again)
