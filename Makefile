@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 BQ     := $(VENV)/bin/boostqa
 DEMO   := --profile demo
 
-.PHONY: setup assets demo test clean
+.PHONY: setup assets spark-assets demo test clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 
 assets: setup
 	$(BQ) assets fetch
+
+# Apache Spark 4 + Delta jars for the JVM parity test (tests/test_spark_jvm.py fetches them too)
+spark-assets: setup
+	$(PY) -m boostqa.jvm fetch
 
 demo: assets
 	$(BQ) run $(DEMO)

@@ -4,7 +4,7 @@ base, llm (the LLM-stage template), lsh and training are shared helpers, not sta
 from __future__ import annotations
 
 from boostqa.stages import (annotate, bench, bench_embed, blend, check, corpus, decontam, dedup, export, gate,
-                            ingest, ledger, probe, refine, sample, synthesize, weights)
+                            ingest, kp_extract, kp_graph, kp_walk, ledger, probe, refine, sample, synthesize, weights)
 from boostqa.stages.base import Stage
 
 PIPELINE = (
@@ -16,6 +16,9 @@ PIPELINE = (
     annotate,     # LLM discipline x difficulty -> silver.seeds_annotated
     probe,        # the model under training per cell -> gold.probe_results
     weights,      # accuracy -> sampling weights -> gold.sampling_weights
+    kp_extract,   # LinkQA (linkqa.enabled): LLM knowledge points per seed -> silver.seed_kps
+    kp_graph,     # LinkQA: KP co-occurrence graph -> gold.kp_nodes, gold.kp_edges
+    kp_walk,      # LinkQA: value-guided walks -> silver.kp_paths + linkqa tasks in silver.synth_plan
     sample,       # weighted synthesis tasks -> silver.synth_plan
     synthesize,   # LLM generator -> silver.synth_raw
     check,        # LLM re-annotation, degraded booster output -> silver.synth_checked

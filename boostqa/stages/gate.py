@@ -83,6 +83,14 @@ def _verdict(ctx: StageContext) -> tuple[Column, Column]:
 
 
 def _lineage(ctx: StageContext) -> Column:
+    """Run ids, models and prompt versions of each step; a LinkQA item also names its KP-graph
+    path (``kp_path``: its plan id, the path id in silver.kp_paths)."""
+    path = F.when(F.col("mode") == "linkqa", F.create_map(F.lit("kp_path"), F.col("qa_id"))) \
+        .otherwise(F.create_map().cast("map<string,string>"))
+    return F.map_concat(_steps(ctx), path)
+
+
+def _steps(ctx: StageContext) -> Column:
     return F.create_map(
         F.lit("synthesize_run"), F.col("synth_run_id"), F.lit("check_run"), F.col("check_run_id"),
         F.lit("refine_run"), F.col("run_id"), F.lit("gate_run"), F.lit(ctx.run_id),

@@ -1,0 +1,91 @@
+"""Engine parity: the same stages on the embedded engine (LakeSail) and on Apache Spark 4 on the
+JVM with Delta Lake (a Spark Connect server, `boostqa.jvm`), each on its own lake; every table
+must match by key and content (run ids, timestamps and latencies aside). Python UDFs really ship:
+the JVM runs them in its own Python workers, and the LLM stage's workers call the simulator over
+loopback. The first run on a machine fetches pyspark and the Delta jars (~400 MB) into the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from boostqa import jvm
+from boostqa.config import load_settings
+from boostqa.runner import Runner
+from boostqa.stages import llm
+from tests.conftest import write_jsonl
+
+pytestmark = pytest.mark.skipif(jvm.problem() is not None, reason=f"JVM Spark: {jvm.problem()}")
+
+STAGES = ["ingest", "bench", "bench_embed", "dedup", "decontam", "annotate"]
+VOLATILE = {"run_id", "ingested_at", "rejected_at", "created_at", "failed_at", "latency_ms", "source_file"}
+TABLES = {"ref.bench_embeddings": "item_id", "bronze.seeds": "record_key", "quarantine.seeds": "record_key", "silver.seeds": "seed_uid",
+          "quarantine.duplicates": "seed_uid", "silver.seeds_clean": "seed_uid",
+          "quarantine.contaminated": "seed_uid", "silver.seeds_annotated": "seed_uid", "ops.llm_calls": "request_key"}
+
+
+@pytest.fixture(scope="module")
+def connect_server(request):
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        root = jvm.fetch()
+    with jvm.ConnectServer(root) as srv:
+        yield srv
+
+
+def _seeds(root: Path) -> dict:
+    rows = [{"id": f"p{i}", "question": f"Parity seed {i}: how many {['apples', 'moles', 'volts'][i % 3]} are "
+             f"in {i} boxes of {i + 4} each, counted twice?", "answer": str(2 * i * (i + 4))} for i in range(24)]
+    rows += [{"id": "dup", "question": rows[3]["question"], "answer": rows[3]["answer"]},  # an exact duplicate
+             {"id": "leak", "question": "Which river flows through Cairo on its way to the Mediterranean Sea "
+              "according to the atlas?", "answer": "Nile"},
+             {"id": "bad", "question": "", "answer": "x"}, "{not json"]
+    write_jsonl(root / "seeds.jsonl", rows)
+    write_jsonl(root / "bench.jsonl", [{"question": "Which river flows through Cairo on its way to the "
+                                                    "Mediterranean Sea according to the atlas?", "answer": "Nile"}])
+    return {"sources": [{"name": "p", "path": str(root / "seeds.jsonl"),
+                         "fields": {"id": "id", "question": "question", "answer": "answer"}}],
+            "benchmarks": [{"name": "b", "path": str(root / "bench.jsonl")}],
+            "tracking": {"enabled": False}, "llm": {"simulator": {"latency_ms": 1}}}
+
+
+def _run(spark, root: Path, base: dict) -> dict[str, dict]:
+    settings = load_settings("local", environ={}, overrides={**base, "lake": {"root": str(root / "lake")},
+                                                              "runs_dir": str(root / "runs")})
+    llm.stop_simulator()
+    _, results = Runner(settings, spark=spark).run(STAGES)
+    llm.stop_simulator()
+    assert all(r.complete for r in results), [(r.stage, r.chunks_done, r.chunks_total) for r in results]
+    from deltalake import DeltaTable
+
+    out = {}
+    for name, key in TABLES.items():
+        rows = DeltaTable(str(root / "lake" / name.replace(".", "/"))).to_pyarrow_table().to_pylist()
+        out[name] = {r[key]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}
+        assert len(out[name]) == len(rows), f"duplicate keys in {name}"
+    return out
+
+
+def test_embedded_and_jvm_spark_write_the_same_tables(connect_server, tmp_path, _engine):
+    from pyspark.sql.connect.session import SparkSession
+
+    from boostqa import engine
+
+    base = _seeds(tmp_path)
+    embedded = engine.get_spark()
+    want = _run(embedded, tmp_path / "embedded", base)
+    remote = SparkSession.builder.remote(connect_server.url).create()
+    try:
+        assert remote.version.startswith("4.0") and embedded.version != remote.version
+        got = _run(remote, tmp_path / "jvm", base)
+    finally:
+        remote.stop()
+        SparkSession._set_default_and_active_session(embedded)
+    assert len(want["silver.seeds_annotated"]) == 24 and want["quarantine.contaminated"]
+    assert want["quarantine.seeds"] and want["quarantine.duplicates"]
+    for name in TABLES:
+        assert got[name].keys() == want[name].keys(), name
+        for k in want[name]:
+            assert got[name][k] == want[name][k], (name, k)
