@@ -405,7 +405,37 @@ def sql(query: Annotated[str, typer.Argument(help="Spark SQL; lake tables by log
               "bypasses the stages' insert-only keys); add --write if you mean it")
     session = _session(profile)
     session.lake.register_sql_names()
-    _print_df(session.spark.sql(query).limit(limit).toPandas(), fmt)
+    try:
+        frame = session.spark.sql(query).limit(limit).toPandas()
+    except Exception as e:
+        from pyspark.errors import PySparkException
+
+        if not isinstance(e, PySparkException):
+            raise
+        _fail(_sql_error(query, str(e)))
+    _print_df(frame, fmt)
+
+
+def _sql_error(query: str, message: str) -> str:
+    """The engine's message, and the query with a caret under the position it names (Sail says
+    "at START:END" in characters, Spark "line L, pos P")."""
+    import re
+
+    first = message.strip().splitlines()[0] if message.strip() else "SQL error"
+    lines = query.splitlines() or [query]
+    m = re.search(r" at (\d+):(\d+)", first)
+    if m:  # character offsets into the whole query
+        start, end = int(m.group(1)), int(m.group(2))
+        row = query.count("\n", 0, start)
+        col = start - (query.rfind("\n", 0, start) + 1)
+        width = max(1, min(end, len(query)) - start)
+    else:
+        m = re.search(r"line (\d+), pos (\d+)", message)
+        if not m:
+            return first
+        row, col, width = int(m.group(1)) - 1, int(m.group(2)), 1
+    row = min(row, len(lines) - 1)
+    return f"{first}\n  {lines[row]}\n  {' ' * col}{'^' * width}"
 
 
 @app.command()

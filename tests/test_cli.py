@@ -385,6 +385,16 @@ def test_sql_bad_query_fails(built):
     assert r.stdout == ""
     r = invoke("sql", "selec nonsense", "-p", PROFILE, "--format", "csv")
     assert r.exit_code != 0 and r.stdout == ""
+    r = invoke("sql", "select * fro bronze.seeds", "-p", PROFILE)
+    assert r.exit_code == 2 and "  select * fro bronze.seeds\n               ^^^^^^" in r.stderr  # the position
+
+
+def test_sql_error_positions():
+    assert cli._sql_error("select 1\nfrom x wher y", "found wher at 16:20 expected ...") == \
+        "found wher at 16:20 expected ...\n  from x wher y\n         ^^^^"
+    assert cli._sql_error("select * frm t", "[PARSE_SYNTAX_ERROR] Syntax error at or near 'frm'. "
+                          "SQLSTATE: 42601 (line 1, pos 9)").endswith("  select * frm t\n           ^")
+    assert cli._sql_error("select 1", "no position here") == "no position here"
 
 
 # ---------------------------------------------------------------------------------------------- hostile text
