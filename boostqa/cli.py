@@ -242,8 +242,9 @@ def _plain_progress(p) -> None:
         line = f"{now} {p.stage}: started, {p.rows_total:,} rows pending in {p.chunks} chunks"
     else:
         eta = f", eta {p.eta:.0f} s" if p.eta is not None else ""
+        llm = f", {p.calls:,} LLM calls, {p.tokens:,} tokens, {p.errors} failed" if p.calls or p.errors else ""
         line = (f"{now} {p.stage}: chunk {p.chunk}/{p.chunks}, {p.rows_done:,}/{p.rows_total:,} rows (kept {p.kept}, "
-                f"rejected {p.rejected}, deferred {p.deferred}), {p.elapsed:.0f} s{eta}")
+                f"rejected {p.rejected}, deferred {p.deferred}){llm}, {p.elapsed:.0f} s{eta}")
     print(line, flush=True)
 
 
@@ -274,7 +275,8 @@ def run(stages: Annotated[list[str] | None, typer.Argument(help="stages to run (
             if p.stage not in tasks:
                 tasks[p.stage] = bar.add_task(p.stage, total=p.rows_total, status="")
             bar.update(tasks[p.stage], completed=p.rows_done,
-                       status=f"chunk {p.chunk}/{p.chunks} kept {p.kept} rejected {p.rejected} deferred {p.deferred}")
+                       status=f"chunk {p.chunk}/{p.chunks} kept {p.kept} rejected {p.rejected} deferred {p.deferred}"
+                       + (f" calls {p.calls} tokens {p.tokens:,} failed {p.errors}" if p.calls or p.errors else ""))
 
         runner = _runner(settings, on_progress)
         run_id, results = runner.run(stages or None, run_id=run_id, max_chunks=max_chunks)

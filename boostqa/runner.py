@@ -50,6 +50,9 @@ class Progress:
     rejected: int
     deferred: int
     elapsed: float
+    calls: int = 0  # LLM calls made so far (LLM stages), their tokens and failed requests
+    tokens: int = 0
+    errors: int = 0
 
     @property
     def eta(self) -> float | None:
@@ -303,9 +306,13 @@ class Runner:
                                    f"{staging}/chunk-{i:05d}", result)
                 result.chunks_done += 1
                 result.seconds = time.monotonic() - t0
+                st = ctx.stats
                 self.progress(Progress(stage.name, result.chunks_done, result.chunks_total,
                                        result.kept + result.rejected + result.deferred, result.pending,
-                                       result.kept, result.rejected, result.deferred, result.seconds))
+                                       result.kept, result.rejected, result.deferred, result.seconds,
+                                       int(st.get("llm.calls", 0)), int(st.get("llm.prompt_tokens", 0)
+                                                                        + st.get("llm.completion_tokens", 0)),
+                                       int(st.get("llm.failed", 0))))
             result.seconds = time.monotonic() - t0
             self._log_outcome(stage, result)
         self._remove(staging)

@@ -492,6 +492,10 @@ def test_newcomer_init_run_query(tmp_path, monkeypatch, _engine):
     llm.stop_simulator()
     assert r.exit_code == 0, r.output
     assert (project / "lake" / "silver" / "seeds_annotated").is_dir()
+    # off a terminal: plain timestamped lines, a start line per stage, LLM calls and tokens
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d annotate: started, 6 rows pending in 1 chunks$", r.stdout, re.M)
+    assert re.search(r"annotate: chunk 1/1, 6/6 rows \(kept 6, rejected 0, deferred 0\), 6 LLM calls, [\d,]+ tokens, "
+                     r"0 failed", r.stdout), r.stdout
     q = invoke("sql", "-o", "json", "select source_row_id, discipline, difficulty, llm_simulated "
                "from silver.seeds_annotated order by source_row_id")
     got = parse_jsonl(q.stdout)
