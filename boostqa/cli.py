@@ -73,7 +73,7 @@ def main_options(
 
         if not Path(conf).is_dir():
             _fail(f"--conf {conf}: no such directory")
-        set_conf_dir(conf)
+    set_conf_dir(conf)  # None: this invocation has no --conf (nothing left from an earlier one)
 
 
 def _settings(profile: str | None) -> Settings:

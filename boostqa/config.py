@@ -132,6 +132,22 @@ class NormalizeConfig(_Model):
     strip_punctuation: bool = True
     collapse_digits: bool = False  # every digit run -> "0" (numbers stop distinguishing texts)
     split_cjk: bool = True  # each CJK character is a token, so Chinese text has word n-grams
+    strip_labels: bool = False  # drop "Q:"/"Question:" prefixes and choice labels "(a)", "A.", "a)" first
+
+
+class DedupRecallConfig(_Model):
+    """Second near-duplicate pass for copies with a few edited words (5-word-shingle Jaccard falls
+    to 0.3-0.6 after 2-3 edits in a 40-word text): MinHash LSH on short shingles at a low
+    threshold finds candidates, an exact token-level similarity (2 * LCS / total words) keeps
+    only true near copies. Thresholds measured with benchmarks/recall_bench.py."""
+
+    enabled: bool = True
+    shingle_words: int = Field(2, ge=1)
+    num_perm: int = Field(256, ge=16)
+    threshold: float = Field(0.4, gt=0, lt=1)  # shingle Jaccard the LSH S-curve is centred on
+    false_positive_weight: float = Field(0.1, ge=0, le=1)
+    min_words: int = Field(20, ge=1)  # shorter texts: one edited word is a different question
+    token_similarity: float = Field(0.85, gt=0, le=1)  # verify: 2 * LCS / (words a + words b)
 
 
 class DedupConfig(_Model):
@@ -145,6 +161,7 @@ class DedupConfig(_Model):
     keep: Literal["smallest_id", "source_priority", "longest_answer"] = "smallest_id"
     source_priority: list[str] = []  # for keep=source_priority: earlier sources win
     max_iterations: int = Field(50, ge=1)  # connected-components rounds before giving up
+    recall: DedupRecallConfig = DedupRecallConfig()
 
 
 class EmbeddingConfig(_Model):
@@ -156,13 +173,29 @@ class EmbeddingConfig(_Model):
     base_url: str | None = None  # backend=openai: any /v1/embeddings endpoint
     model: str | None = None
     api_key_env: str | None = None  # name of the env var holding the key, never the key
+    # also score windows of long rows (a benchmark item embedded in longer text is diluted in the
+    # whole-text vector): sliding spans of window_words words, stride window_words // 2; 0 = off
+    window_words: int = Field(48, ge=0)
+    max_windows: int = Field(8, ge=1)  # per row (longer rows: evenly spaced windows)
+
+
+class SpanConfig(_Model):
+    """Benchmark items shorter than the n-gram: the whole normalised question must occur as a
+    contiguous span of the row; short or ambiguous stems also need the correct answer."""
+
+    enabled: bool = True
+    min_words: int = Field(6, ge=1)  # a question of at least this many words matches on its own
+    min_words_with_answer: int = Field(3, ge=1)  # shorter ones need their answer in the row too
+    max_items_per_stem: int = Field(1, ge=1)  # a stem found in more benchmark questions is generic: choices needed
 
 
 class DecontamConfig(_Model):
-    normalize: NormalizeConfig = NormalizeConfig()
+    normalize: NormalizeConfig = NormalizeConfig(strip_labels=True)
     ngram: int = Field(10, ge=3)  # word n-gram size of the exact-overlap check
     min_shared_ngrams: int = Field(1, ge=1)  # shared n-grams with one benchmark item that make a hit
     min_distinct_words: int = Field(4, ge=1)  # benchmark n-grams with fewer distinct words are ignored
+    choice_ngrams: bool = True  # also index question + choices (options appended inline)
+    span: SpanConfig = SpanConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
 
 

@@ -76,11 +76,20 @@ def _jvm(cfg: EngineConfig) -> SparkSession:
     return spark
 
 
+_remote_sessions: dict[str, SparkSession] = {}  # by URL
+
+
 def _remote(cfg: EngineConfig) -> SparkSession:
     url = cfg.remote or os.environ.get("SPARK_REMOTE")
     if not url:
         raise EngineError("engine.kind=remote needs engine.remote (sc://host:port) or env SPARK_REMOTE")
-    return SparkSession.builder.remote(url).getOrCreate()
+    # not builder.getOrCreate(): it returns the process's active session whatever server that is on,
+    # so a process that already used the embedded engine would silently stay on it
+    with _lock:
+        spark = _remote_sessions.get(url)
+        if spark is None or spark.client.is_closed:
+            spark = _remote_sessions[url] = SparkSession.builder.remote(url).create()
+        return spark
 
 
 def _databricks(cfg: EngineConfig) -> SparkSession:

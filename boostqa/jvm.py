@@ -16,6 +16,7 @@ through a ``.pth`` file, so the worker's pyspark matches the JVM's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -33,6 +34,13 @@ from pathlib import Path
 SPARK_VERSION = "4.0.1"  # pyproject's `spark` extra
 DELTA_JARS = ("io.delta:delta-spark_2.13:4.0.0", "io.delta:delta-storage:4.0.0")
 CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+# The project's client is pyspark-client 4.2, whose createDataFrame(<local rows>) first reads these
+# session settings, unknown to a 4.0 server (SQL_CONF_NOT_FOUND). Values only matter for local data
+# over spark.sql.session.localRelationCacheThreshold (64 MB), which a 4.0 server cannot take anyway.
+CLIENT_CONFS = {"spark.sql.session.localRelationSizeLimit": str(2**31 - 1),
+                "spark.sql.session.localRelationChunkSizeRows": "10000",
+                "spark.sql.session.localRelationChunkSizeBytes": str(16 * 2**20),
+                "spark.sql.session.localRelationBatchOfChunksSizeBytes": str(128 * 2**20)}
 
 
 class JvmError(RuntimeError):
@@ -100,6 +108,28 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
         raise JvmError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
 
 
+_LOG4J2 = """\
+# written by boostqa.jvm: warnings and errors only, plus the Connect server's own start line
+rootLogger.level = warn
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.connect.name = org.apache.spark.sql.connect.service.SparkConnectServer
+logger.connect.level = info
+"""
+
+
+def _conf_dir(root: Path) -> Path:
+    conf = root / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    if not (conf / "log4j2.properties").exists() or (conf / "log4j2.properties").read_text() != _LOG4J2:
+        (conf / "log4j2.properties").write_text(_LOG4J2)
+    return conf
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,19 +160,41 @@ class ConnectServer:
                 "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
                 "spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(self.port),
                 "spark.ui.enabled": "false", "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-                "spark.sql.shuffle.partitions": "4", "spark.sql.session.timeZone": "UTC"}
+                "spark.sql.shuffle.partitions": "4", "spark.sql.session.timeZone": "UTC",
+                # Delta rebuilds a table's snapshot state in 50 tasks by default: on a laptop-sized
+                # lake that was >90% of the tasks (and most of the wall time) of a pipeline run
+                "spark.databricks.delta.snapshotPartitions": "2",
+                **CLIENT_CONFS}
         return [str(spark_home / "bin" / "spark-submit"), "--class", CONNECT_CLASS, "--master", self.master,
                 "--driver-memory", self.driver_memory, "--jars", jars,
                 *[x for k, v in conf.items() for x in ("--conf", f"{k}={v}")], "spark-internal"]
 
-    def start(self) -> ConnectServer:
+    def launch(self) -> ConnectServer:
+        """Start the JVM and return at once (it needs 10-20 s; ``wait_ready`` waits for it), so a
+        caller can do other work meanwhile."""
         self.port = self.port or _free_port()
         env = {**os.environ, "SPARK_HOME": str(_site(self.root / "venv") / "pyspark"),
+               "SPARK_CONF_DIR": str(_conf_dir(self.root)),  # log4j2: warnings only, not ~5 MB of INFO a run
+               "SPARK_LOCAL_IP": "127.0.0.1",  # driver and block manager on loopback too, not the LAN address
                "PYSPARK_PYTHON": str(self.root / "venv" / "bin" / "python"), "PYTHONPATH": ""}
-        self.log_path = self.log_path or self.root / f"connect-{self.port}.log"
-        log = open(self.log_path, "w")
-        self._proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        logs = self.root / "logs"
+        logs.mkdir(exist_ok=True)
+        for old in sorted(logs.glob("connect-*.log"), key=lambda f: f.stat().st_mtime)[:-10]:
+            old.unlink(missing_ok=True)  # keep the last ten servers' logs
+        self.log_path = self.log_path or logs / f"connect-{self.port}.log"
+        with open(self.log_path, "w") as log:
+            self._proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        atexit.register(self.stop)  # its own process group: nothing else would stop it if the caller dies
+        return self
+
+    def start(self) -> ConnectServer:
+        """Launch and wait until the server accepts connections."""
+        return self.launch().wait_ready()
+
+    def wait_ready(self) -> ConnectServer:
+        if self._proc is None:
+            raise JvmError("Spark Connect server was not launched")
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -462,7 +462,12 @@ def test_every_data_command_speaks_json(built):
 def test_no_sources_says_so(fresh, tmp_path):
     (built_conf := tmp_path / "emptyconf").mkdir()
     (built_conf / "empty.yaml").write_text("sources: []\n")
-    r = invoke("--conf", str(built_conf), "run", "-p", "empty")
+    from boostqa.config import set_conf_dir
+
+    try:
+        r = invoke("--conf", str(built_conf), "run", "-p", "empty")
+    finally:
+        set_conf_dir(None)  # --conf holds for the process, as in a real invocation
     assert r.exit_code == 2 and "profile 'empty' has no sources" in r.stderr and "boostqa init" in r.stderr
 
 

@@ -1,13 +1,24 @@
 """decontam: rows that overlap a benchmark test item leave the corpus, with the evidence.
 
-Two independent detectors, both configurable (``decontam:`` in conf):
-- exact word n-grams (default n = 10) on normalised text: the benchmark side hashes every n-gram
-  of question + answer (so n-grams spanning question -> answer count too), broadcast-joined with
-  the rows' n-gram hashes; a row is contaminated when it shares at least ``min_shared_ngrams``
-  n-grams with one item. Evidence: benchmark, item, the matching n-gram text, count.
+Three independent detectors, all configurable (``decontam:`` in conf); text is normalised with
+``strip_labels`` on both sides, so "Q:"/"Question:" prefixes and choice labels "(a)", "A.", "a)"
+never decide a match:
+- exact word n-grams (default n = 10): the benchmark side hashes every n-gram of question +
+  answer (so n-grams spanning question -> answer count too) and, with ``choice_ngrams``, of
+  question + choices (options appended inline), broadcast-joined with the rows' n-gram hashes; a
+  row is contaminated when it shares at least ``min_shared_ngrams`` n-grams with one item.
+  Evidence: benchmark, item, the matching n-gram text, count.
+- spans (``span``): a benchmark question shorter than the n-gram has no n-gram, so its whole
+  normalised question must occur as a contiguous span of the row; a stem shorter than
+  ``span.min_words`` or shared by several items ("Which of the following is true?") also needs
+  its choices (or, without choices, its answer) as spans of the row. Evidence: the span text.
 - embedding cosine: rows and items are embedded (question + choices), the maximum cosine over
   the benchmark matrix is computed in blocks inside the UDF; at or above ``threshold`` is a hit.
-  Evidence: benchmark, item, cosine.
+  Long rows are also scored by windows of ``window_words`` words (a short item embedded in a
+  longer text is diluted in the whole-text vector). Evidence: benchmark, item, cosine.
+
+Each hit records the detectors that fired (``detector``: ngram, span, span+choices,
+span+answer, embedding, embedding_window; several joined by "+").
 
 The stage is built by ``make_stage`` for any table and text columns, so synthesised QA is
 decontaminated by the same code as seeds.
@@ -28,7 +39,7 @@ from pyspark.sql import types as T
 from boostqa.stages.base import Stage, StageContext, StageError
 from boostqa.stages.bench_embed import embedder_config, embedding_text, model_name
 from boostqa.text.embed import make_embedder, max_cosine
-from boostqa.text.ngrams import matching_ngrams, ngram_distinct_words, ngram_hashes
+from boostqa.text.ngrams import contains_span, matching_ngrams, ngram_distinct_words, ngram_hashes, ngram_hashes_multi
 from boostqa.text.normalize import NormalizeOptions, words_array
 
 _BATCH_ROWS = 4096
@@ -81,8 +92,12 @@ def _grams(df: DataFrame, key: str, cols: list[str], n: int, opts: NormalizeOpti
 def _ngram_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, cols: list[str]) -> DataFrame:
     cfg = ctx.settings.decontam
     opts = NormalizeOptions(**cfg.normalize.model_dump())
-    bench_grams = _grams(bench, "item_id", ["question", "answer"], cfg.ngram, opts, cfg.min_distinct_words) \
-        .join(bench.select("item_id", "benchmark"), "item_id")
+    bench_grams = _grams(bench, "item_id", ["question", "answer"], cfg.ngram, opts, cfg.min_distinct_words)
+    if cfg.choice_ngrams:  # options appended inline after the question
+        bench_grams = bench_grams.unionByName(
+            _grams(bench.where(F.size("choices") > 0), "item_id", ["question", "choices"], cfg.ngram, opts,
+                   cfg.min_distinct_words)).distinct()
+    bench_grams = bench_grams.join(bench.select("item_id", "benchmark"), "item_id")
     row_grams = _grams(rows, key, cols, cfg.ngram, opts)
     hits = (row_grams.join(F.broadcast(bench_grams), "hash")
             .groupBy(key, "benchmark", "item_id").agg(F.count("*").alias("shared"), F.min("hash").alias("hash"))
@@ -106,6 +121,127 @@ def _ngram_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, 
         F.col("shared").alias("ng_shared"), F.col("ngram").alias("ng_text"))
 
 
+def _span_items(ctx: StageContext, bench: DataFrame) -> list[tuple[str, str, str, list[list[str]]]]:
+    """Benchmark items whose question is shorter than the n-gram, as (benchmark, item_id, kind,
+    parts): every part (a list of normalised words) must occur in a row. The first part is the
+    question; kind "span" needs nothing else, "span+choices" / "span+answer" need the choices /
+    the answer too (short stems, and stems shared by several items)."""
+    cfg = ctx.settings.decontam
+    sp, n = cfg.span, cfg.ngram
+    opts = NormalizeOptions(**cfg.normalize.model_dump())
+    # every question (benchmark-sized: ~2 MB for 15k items), to tell specific stems from generic ones
+    pdf = bench.select("benchmark", "item_id", "question", "answer", "choices").toPandas()
+    if pdf.empty:
+        return []
+    all_w = words_array(pa.array(pdf["question"].tolist(), pa.string()), opts)
+    lens = np.asarray([len(w) if w else 0 for w in all_w.to_pylist()])
+    short = np.flatnonzero((lens > 0) & (lens < n))
+    pdf = pdf.iloc[short]
+    qw = [all_w[int(i)].as_py() for i in short]
+    aw = words_array(pa.array(pdf["answer"].tolist(), pa.string()), opts).to_pylist()
+    # a stem is generic when it occurs as a span of several benchmark questions ("Which of the
+    # following statements is true?" is also the start of hundreds of longer ones)
+    stem_h = {i: h for i, h in zip(short.tolist(), ngram_hashes(pa.array(qw, pa.list_(pa.string())), n)
+                                   .flatten().to_numpy(zero_copy_only=False).tolist())}
+    items_with: dict[int, set] = {}
+    wanted = set(stem_h.values())
+    for k, (hv, row) in ngram_hashes_multi(all_w, sorted({len(w) for w in qw})).items():
+        pos = np.flatnonzero(np.isin(hv, np.fromiter(wanted, np.int64, len(wanted))))
+        for r, h in zip(row[pos].tolist(), hv[pos].tolist()):
+            items_with.setdefault(h, set()).add(r)
+    stems = {i: len(items_with.get(h, ())) or 1 for i, h in stem_h.items()}
+    out = []
+    for (bench_name, item, choices), q, a, i in zip(pdf[["benchmark", "item_id", "choices"]]
+                                                    .itertuples(index=False), qw, aw, short.tolist()):
+        if not q or len(q) >= n or len(q) < sp.min_words_with_answer:
+            continue
+        if len(q) >= sp.min_words and stems[i] <= sp.max_items_per_stem:
+            out.append((bench_name, item, "span", [q]))
+            continue
+        opts_list = [str(c) for c in choices] if choices is not None and len(choices) else []
+        if opts_list:
+            cw = [w[:n] for w in words_array(pa.array(opts_list, pa.string()), opts).to_pylist() if w]
+            if cw:
+                out.append((bench_name, item, "span+choices", [q, *cw]))
+        elif a:
+            out.append((bench_name, item, "span+answer", [q, a[:n]]))
+    return out
+
+
+def _span_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, cols: list[str]) -> DataFrame:
+    """Rows containing every part of a short benchmark item (``_span_items``), matched by hashing
+    each row's k-grams for the part lengths k present and looking them up in sorted arrays; only
+    rows with a present part are checked in Python."""
+    cfg = ctx.settings.decontam
+    opts = NormalizeOptions(**cfg.normalize.model_dump())
+    items = _span_items(ctx, bench)
+    ctx.stats.set("span_items", len(items))
+    schema = T.StructType([T.StructField(key, T.StringType()), T.StructField("sp_benchmark", T.StringType()),
+                           T.StructField("sp_item", T.StringType()), T.StructField("sp_kind", T.StringType()),
+                           T.StructField("sp_text", T.StringType())])
+    # hash of every part with the n-gram hash (a k-word list's single hash = its k-gram hash)
+    flat = [p for _, _, _, parts in items for p in parts]
+    ph = ngram_hashes(pa.array(flat, pa.list_(pa.string())), max([len(p) for p in flat], default=1)).flatten() \
+        .to_numpy(zero_copy_only=False).astype(np.int64)
+    part_hashes, j = [], 0
+    for i, (_, _, _, parts) in enumerate(items):
+        hs = [int(h) for h in ph[j:j + len(parts)]]
+        j += len(parts)
+        part_hashes.append(hs)
+    q_owners: dict[int, list[int]] = {}  # by the question part only: the candidates of a row
+    for i, hs in enumerate(part_hashes):
+        q_owners.setdefault(hs[0], []).append(i)
+    by_k: dict[int, np.ndarray] = {}
+    for p, h in zip(flat, ph):
+        by_k.setdefault(len(p), []).append(h)
+    by_k = {k: np.unique(np.asarray(v, dtype=np.int64)) for k, v in by_k.items()}
+    meta = [(b, str(it), kind, parts[0]) for b, it, kind, parts in items]
+
+    def match(batches):
+        for batch in batches:
+            for start in range(0, batch.num_rows, _BATCH_ROWS):
+                b = batch.slice(start, _BATCH_ROWS)
+                words = words_array(_joined_text(b, cols), opts)
+                present: dict[int, set] = {}
+                for k, (hv, row) in ngram_hashes_multi(words, by_k).items():  # complete k-grams only
+                    pos = np.flatnonzero(np.isin(hv, by_k[k]))
+                    for r, h in zip(row[pos].tolist(), hv[pos].tolist()):
+                        present.setdefault(r, set()).add(h)
+                keys, out = b.column(key).to_pylist(), []
+                for r, hs in sorted(present.items()):
+                    cands = sorted({i for h in hs for i in q_owners.get(h, ())})
+                    hit = next((i for i in cands if all(h in hs for h in part_hashes[i])), None)
+                    if hit is None:
+                        continue
+                    bench_name, item, kind, q = meta[hit]
+                    doc = words[r].as_py() or []
+                    if contains_span(doc, q) < 0:  # hash collision guard
+                        continue
+                    out.append((keys[r], bench_name, item, kind, " ".join(q)))
+                if out:
+                    yield pa.RecordBatch.from_pylist(
+                        [dict(zip([key, "sp_benchmark", "sp_item", "sp_kind", "sp_text"], o)) for o in out],
+                        schema=pa.schema([(key, pa.string()), ("sp_benchmark", pa.string()), ("sp_item", pa.string()),
+                                          ("sp_kind", pa.string()), ("sp_text", pa.string())]))
+
+    return rows.select(key, *cols).mapInArrow(match, schema)
+
+
+def _windows(text: str, size: int, most: int) -> list[str]:
+    """Sliding spans of ``size`` words (stride size // 2) of a long text, at most ``most`` of them
+    (evenly spaced over the text, the last one ending at its end); [] for a text of <= size words."""
+    w = text.split()
+    if size <= 0 or len(w) <= size:
+        return []
+    stride = max(size // 2, 1)
+    starts = list(range(0, len(w) - size + 1, stride))
+    if starts[-1] != len(w) - size:
+        starts.append(len(w) - size)
+    if len(starts) > most:
+        starts = [starts[round(i * (len(starts) - 1) / (most - 1))] for i in range(most)] if most > 1 else [0]
+    return [" ".join(w[s:s + size]) for s in dict.fromkeys(starts)]
+
+
 def _embedding_hits(ctx: StageContext, rows: DataFrame, vectors: DataFrame, key: str, q: str,
                     choices: str | None) -> DataFrame:
     cfg = ctx.settings.decontam.embedding
@@ -118,6 +254,7 @@ def _embedding_hits(ctx: StageContext, rows: DataFrame, vectors: DataFrame, key:
     matrix = np.stack(ref["vector"].to_numpy()).astype(np.float32) if len(ref) else np.zeros((0, 1), np.float32)
     ids, benches = ref["item_id"].to_numpy(), ref["benchmark"].to_numpy()
     emb_cfg, threshold = embedder_config(ctx), cfg.threshold
+    size, most = cfg.window_words, cfg.max_windows
 
     def match(batches):
         embedder = make_embedder(emb_cfg)
@@ -125,15 +262,35 @@ def _embedding_hits(ctx: StageContext, rows: DataFrame, vectors: DataFrame, key:
             for start in range(0, len(pdf), 512):
                 part = pdf.iloc[start:start + 512]
                 opts = part[choices] if choices else pd.Series([None] * len(part))
-                best, idx = max_cosine(embedder.encode(embedding_text(part[q], opts)), matrix)
+                texts = embedding_text(part[q], opts)
+                best, idx = max_cosine(embedder.encode(texts), matrix)
+                kind = np.where(best >= threshold, "embedding", None).astype(object)
+                # windows of the long rows: the best-matching window scores the row
+                owner, wins = [], []
+                for r, t in enumerate(texts):
+                    w = _windows(t, size, most)
+                    owner += [r] * len(w)
+                    wins += w
+                if wins:
+                    wb, wi = max_cosine(embedder.encode(wins), matrix)
+                    owner = np.asarray(owner)
+                    for r in np.unique(owner):
+                        m = owner == r
+                        k = int(np.argmax(wb[m]))
+                        if wb[m][k] > best[r] and wb[m][k] >= threshold:
+                            if best[r] < threshold:
+                                kind[r] = "embedding_window"
+                            best[r], idx[r] = wb[m][k], wi[m][k]
                 hit = best >= threshold
                 yield pd.DataFrame({key: part[key].values,
                                     "em_benchmark": np.where(hit, benches[idx] if len(ids) else None, None),
                                     "em_item": np.where(hit, ids[idx] if len(ids) else None, None),
-                                    "em_cosine": np.where(hit, best, np.nan)})
+                                    "em_cosine": np.where(hit, best, np.nan),
+                                    "em_kind": np.where(hit, kind, None)})
 
     schema = T.StructType([T.StructField(key, T.StringType()), T.StructField("em_benchmark", T.StringType()),
-                           T.StructField("em_item", T.StringType()), T.StructField("em_cosine", T.DoubleType())])
+                           T.StructField("em_item", T.StringType()), T.StructField("em_cosine", T.DoubleType()),
+                           T.StructField("em_kind", T.StringType())])
     cols = [key, q] + ([choices] if choices else [])
     return rows.select(*cols).mapInPandas(match, schema).where(F.col("em_item").isNotNull())
 
@@ -142,6 +299,11 @@ def transform(ctx: StageContext, rows: DataFrame, bench: DataFrame, vectors: Dat
               key: str, question: str, answer: str | None, choices: str | None) -> DataFrame:
     cols = [c for c in (question, choices, answer) if c]
     flagged = _ngram_hits(ctx, rows, bench, key, cols)
+    if ctx.settings.decontam.span.enabled:
+        flagged = flagged.join(_span_hits(ctx, rows, bench, key, cols), key, "full")
+    else:
+        flagged = flagged.select("*", *[F.lit(None).cast("string").alias(c) for c in
+                                        ("sp_benchmark", "sp_item", "sp_kind", "sp_text")])
     emb = ctx.settings.decontam.embedding
     if emb.enabled:
         if vectors is None:
@@ -150,24 +312,33 @@ def transform(ctx: StageContext, rows: DataFrame, bench: DataFrame, vectors: Dat
         flagged = flagged.join(_embedding_hits(ctx, rows, vectors, key, question, choices), key, "full")
     else:
         flagged = flagged.select("*", *[F.lit(None).cast(t).alias(c) for c, t in
-                                        (("em_benchmark", "string"), ("em_item", "string"), ("em_cosine", "double"))])
-    ng, em = F.col("ng_item").isNotNull(), F.col("em_item").isNotNull()
+                                        (("em_benchmark", "string"), ("em_item", "string"), ("em_cosine", "double"),
+                                         ("em_kind", "string"))])
+    ng, sp, em = F.col("ng_item").isNotNull(), F.col("sp_item").isNotNull(), F.col("em_item").isNotNull()
     out = rows.join(ctx.checkpoint(flagged), key, "left")
     detail = F.concat_ws("; ",
                          F.when(ng, F.concat(F.col("ng_benchmark"), F.lit(" item "), F.col("ng_item"), F.lit(": "),
                                              F.col("ng_shared").cast("string"),
                                              F.lit(f" shared {ctx.settings.decontam.ngram}-grams, e.g. '"),
                                              F.col("ng_text"), F.lit("'"))),
+                         F.when(sp, F.concat(F.col("sp_benchmark"), F.lit(" item "), F.col("sp_item"),
+                                             F.lit(": whole question contained ("), F.col("sp_kind"),
+                                             F.lit("), '"), F.col("sp_text"), F.lit("'"))),
                          F.when(em, F.concat(F.col("em_benchmark"), F.lit(" item "), F.col("em_item"),
-                                             F.lit(": cosine "), F.format_number("em_cosine", 3))))
+                                             F.lit(": cosine "), F.format_number("em_cosine", 3),
+                                             F.when(F.col("em_kind") == "embedding_window", F.lit(" (best window)"))
+                                             .otherwise(F.lit("")))))
+    method = F.concat_ws("+", F.when(ng, F.lit("ngram")), F.when(sp, F.lit("span")), F.when(em, F.lit("embedding")))
+    detector = F.concat_ws("+", F.when(ng, F.lit("ngram")), F.when(sp, F.col("sp_kind")), F.when(em, F.col("em_kind")))
     return out.select(
         *rows.columns,
-        F.when(ng, "benchmark_ngram").when(em, "benchmark_embedding").alias("_reason"),
-        F.when(ng | em, detail).alias("_detail"),
-        F.coalesce("ng_benchmark", "em_benchmark").alias("_benchmark"),
-        F.coalesce("ng_item", "em_item").alias("_item_id"),
-        F.when(ng & em, "ngram+embedding").when(ng, "ngram").when(em, "embedding").alias("_method"),
-        F.col("ng_shared").cast("long").alias("_shared_ngrams"), F.col("ng_text").alias("_ngram"),
+        F.when(ng, "benchmark_ngram").when(sp, "benchmark_span").when(em, "benchmark_embedding").alias("_reason"),
+        F.when(ng | sp | em, detail).alias("_detail"),
+        F.coalesce("ng_benchmark", "sp_benchmark", "em_benchmark").alias("_benchmark"),
+        F.coalesce("ng_item", "sp_item", "em_item").alias("_item_id"),
+        F.when(ng | sp | em, method).alias("_method"),
+        F.when(ng | sp | em, detector).alias("_detector"),
+        F.col("ng_shared").cast("long").alias("_shared_ngrams"), F.coalesce("ng_text", "sp_text").alias("_ngram"),
         F.col("em_cosine").alias("_cosine"))
 
 
@@ -176,6 +347,8 @@ def hits(ctx: StageContext, staged: DataFrame) -> None:
     for r in staged.where(F.col("_outcome") == "rejected").groupBy("_benchmark", "_method").count().collect():
         ctx.stats.add(f"hits.{r['_benchmark']}", r["count"])
         ctx.stats.add(f"hits_by_method.{r['_method']}", r["count"])
+    for r in staged.where(F.col("_outcome") == "rejected").groupBy("_detector").count().collect():
+        ctx.stats.add(f"hits_by_detector.{r['_detector']}", r["count"])
 
 
 def make_stage(name: str, source: str, output: str, rejects: str, key: str, question: str = "question",
@@ -188,12 +361,12 @@ def make_stage(name: str, source: str, output: str, rejects: str, key: str, ques
         output=output,
         rejects=rejects,
         key=(key,),
-        reject_columns=(key, *extra_reject_columns, question, "_benchmark", "_item_id", "_method", "_shared_ngrams",
-                        "_ngram", "_cosine"),
+        reject_columns=(key, *extra_reject_columns, question, "_benchmark", "_item_id", "_method", "_detector",
+                        "_shared_ngrams", "_ngram", "_cosine"),
         transform=partial(transform, key=key, question=question, answer=answer, choices=choices),
         summarize=hits,
         sections=("decontam",),
-        description=f"drop {source} rows overlapping benchmark items (n-grams + embeddings)",
+        description=f"drop {source} rows overlapping benchmark items (n-grams + spans + embeddings)",
     )
 
 

@@ -8,6 +8,15 @@ round), so no pair is ever collected to the driver. One member per cluster is ke
 every other member is rejected with its representative and similarity, so each removal is
 auditable.
 
+Recall pass (``dedup.recall``): a copy with a few edited words keeps too few 5-word shingles
+for the pass above (2-3 edits in a 40-word question: Jaccard 0.5-0.6). A second MinHash over
+2-word shingles, banded at a low threshold, proposes candidates; each is verified with an exact
+token-level similarity (2 * LCS / total words of the normalised texts) before it becomes an edge,
+so unrelated texts that share common phrases stay apart. Texts shorter than ``recall.min_words``
+words are left to the first pass (one edited word in a short question is a different question).
+Removed rows record which detector matched them to their representative (``detector``: exact,
+minhash, token, or transitive when they joined the cluster only through another member).
+
 Incremental: kept seeds are indexed in ``silver.seed_bands`` / ``silver.seed_signatures``. A run
 sketches only the new seeds and matches them against that index; a seed kept by an earlier
 run is never removed by a later one (it becomes the representative of its cluster).
@@ -59,10 +68,35 @@ def _policy_order(ctx: StageContext) -> list:
     return [F.col("seed_uid").asc()]
 
 
+def _recall_edges(ctx: StageContext, rsk: DataFrame, index: DataFrame | None, texts: DataFrame,
+                  known: DataFrame) -> DataFrame:
+    """Recall-pass pairs: sharing a short-shingle band, not already an edge, and verified by the
+    exact token similarity."""
+    cfg = ctx.settings.dedup
+    if ctx.existing is not None:  # seeds kept while the pass was off have no recall bands yet
+        missing = ctx.existing.select("seed_uid", "question", "answer")
+        if index is not None:
+            missing = missing.join(index.select("seed_uid").distinct(), "seed_uid", "left_anti")
+        back = lsh.recall_sketches(missing, cfg).select("seed_uid", F.posexplode("recall_bands")
+                                                        .alias("band", "band_hash"))
+        index = back if index is None else index.select("seed_uid", "band", "band_hash").unionByName(back)
+    cand = lsh.band_pairs(rsk.withColumnRenamed("recall_bands", "bands"), index) \
+        .select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).distinct() \
+        .join(known, ["a", "b"], "left_anti")
+    cand = ctx.checkpoint(lsh.token_similarities(cand, texts, cfg))
+    r = cand.agg(F.count("*").alias("n"), F.sum((F.col("token_similarity") >= cfg.recall.token_similarity)
+                                                 .cast("long")).alias("v")).first()
+    ctx.stats.set("recall.candidates", r["n"] or 0)
+    ctx.stats.set("recall.verified", r["v"] or 0)
+    return cand.where(F.col("token_similarity") >= cfg.recall.token_similarity).select("a", "b")
+
+
 def _edges(ctx: StageContext, sk: DataFrame, ex: DataFrame | None, bands: DataFrame | None,
-           sigs: DataFrame) -> DataFrame:
+           sigs: DataFrame, rsk: DataFrame | None = None, recall_bands: DataFrame | None = None,
+           texts: DataFrame | None = None) -> DataFrame:
     """Duplicate pairs (a = new seed, b = new or already-kept seed): same seed_id, or sharing an LSH
-    band (and, with ``verify``, an estimated Jaccard at or above the threshold)."""
+    band (and, with ``verify``, an estimated Jaccard at or above the threshold), or (recall pass)
+    sharing a short-shingle band with a token similarity at or above ``recall.token_similarity``."""
     cfg = ctx.settings.dedup
     w = Window.partitionBy("seed_id").orderBy("seed_uid")
     exact = (sk.withColumn("b", F.first("seed_uid").over(w)).where(F.col("b") != F.col("seed_uid"))
@@ -73,11 +107,15 @@ def _edges(ctx: StageContext, sk: DataFrame, ex: DataFrame | None, bands: DataFr
     near = lsh.band_pairs(sk, bands).select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).distinct()
     if cfg.verify:
         near = lsh.similarities(near, sigs).where(F.col("similarity") >= cfg.threshold).select("a", "b")
-    return ctx.checkpoint(exact.unionByName(near).distinct())
+    edges = ctx.checkpoint(exact.unionByName(near).distinct())
+    if rsk is None:
+        return edges
+    known = edges.select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b"))
+    return ctx.checkpoint(edges.unionByName(_recall_edges(ctx, rsk, recall_bands, texts, known)).distinct())
 
 
 def _clustered(ctx: StageContext, comps: DataFrame, new: DataFrame, ex: DataFrame | None,
-               sigs: DataFrame) -> DataFrame:
+               sigs: DataFrame, texts: DataFrame | None = None) -> DataFrame:
     """Each clustered seed with its representative: a seed kept earlier wins, then the configured
     policy. A cluster whose representative was kept earlier keeps that seed's stored cluster_id,
     so members removed in different runs share one cluster_id with their representative."""
@@ -94,21 +132,36 @@ def _clustered(ctx: StageContext, comps: DataFrame, new: DataFrame, ex: DataFram
         .withColumn("_rep_earlier", F.first("_earlier").over(rank) == 0) \
         .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))) \
         .withColumn("cluster_id", F.coalesce(F.first("_old_cluster").over(rank), "cluster_id"))
-    sims = lsh.similarities(ranked.where("seed_uid != _rep").select(F.col("seed_uid").alias("a"),
-                                                                    F.col("_rep").alias("b")), sigs) \
-        .select(F.col("a").alias("seed_uid"), "similarity")
-    return ranked.select("seed_uid", "cluster_id", "cluster_size", "_rep", "_rep_source", "_rep_earlier") \
+    pairs = ranked.where("seed_uid != _rep").select(F.col("seed_uid").alias("a"), F.col("_rep").alias("b"))
+    sims = lsh.similarities(pairs, sigs).select(F.col("a").alias("seed_uid"), "similarity")
+    out = ranked.select("seed_uid", "cluster_id", "cluster_size", "_rep", "_rep_source", "_rep_earlier") \
         .join(sims, "seed_uid", "left")
+    if texts is None:
+        return out.withColumn("token_similarity", F.lit(None).cast("double"))
+    tsims = lsh.token_similarities(pairs, texts, ctx.settings.dedup) \
+        .select(F.col("a").alias("seed_uid"), "token_similarity")
+    return out.join(tsims, "seed_uid", "left")
 
 
 def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = None,
-              signatures: DataFrame | None = None) -> DataFrame:
+              signatures: DataFrame | None = None, recall_bands: DataFrame | None = None) -> DataFrame:
+    cfg = ctx.settings.dedup
     new = seeds.select(*[c for c in SEED_COLUMNS if c != "seed_id"])
-    sk = ctx.checkpoint(lsh.sketches(new, ctx.settings.dedup))
+    sk = ctx.checkpoint(lsh.sketches(new, cfg))
     ex = ctx.existing.select("seed_uid", "seed_id", "source", "answer", "cluster_id") \
         if ctx.existing is not None else None
     sigs = lsh.signatures(sk, signatures)
-    comps, rounds = connected_components(ctx, _edges(ctx, sk, ex, bands, sigs), ctx.settings.dedup.max_iterations)
+    rsk = texts = None
+    if cfg.recall.enabled:
+        rsk = ctx.checkpoint(lsh.recall_sketches(new, cfg))
+        texts = new.select("seed_uid", "question", "answer")
+        if ctx.existing is not None:
+            texts = texts.unionByName(ctx.existing.select("seed_uid", "question", "answer"))
+        rb, rr = lsh.recall_shape(cfg)
+        ctx.stats.set("recall.bands", rb)
+        ctx.stats.set("recall.rows_per_band", rr)
+    comps, rounds = connected_components(ctx, _edges(ctx, sk, ex, bands, sigs, rsk, recall_bands, texts),
+                                         cfg.max_iterations)
     ctx.stats.set("cc_rounds", rounds)
     bands_n, rows_n = lsh.lsh_shape(ctx.settings.dedup)  # datasketch's choice for the threshold
     ctx.stats.set("lsh.bands", bands_n)
@@ -116,22 +169,37 @@ def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = Non
     rep_ids = sk.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id"))
     if ex is not None:
         rep_ids = rep_ids.unionByName(ex.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id")))
-    out = (new.join(sk, "seed_uid").join(_clustered(ctx, comps, new, ex, sigs), "seed_uid", "left")
+    if rsk is not None:
+        sk = sk.join(rsk, "seed_uid", "left")
+    else:
+        sk = sk.withColumn("recall_bands", F.lit(None).cast("array<bigint>"))
+    out = (new.join(sk, "seed_uid").join(_clustered(ctx, comps, new, ex, sigs, texts), "seed_uid", "left")
            .join(rep_ids, "_rep", "left")
            .withColumn("cluster_id", F.coalesce("cluster_id", "seed_uid"))
            .withColumn("cluster_size", F.coalesce("cluster_size", F.lit(1)).cast("long")))
     removed = F.col("_rep").isNotNull() & (F.col("_rep") != F.col("seed_uid"))
     reason = F.when(removed & (F.col("_rep_seed_id") == F.col("seed_id")), "exact_duplicate") \
         .when(removed, "near_duplicate")
-    sim = F.when(F.col("_rep_seed_id") == F.col("seed_id"), F.lit(1.0)).otherwise(F.col("similarity"))
+    exact = F.col("_rep_seed_id") == F.col("seed_id")
+    sim = F.when(exact, F.lit(1.0)).otherwise(F.col("similarity"))
+    tsim = F.when(exact, F.lit(1.0)).otherwise(F.col("token_similarity"))
+    detector = F.when(~removed, F.lit(None)).when(exact, "exact") \
+        .when(F.col("similarity") >= cfg.threshold, "minhash") \
+        .when(F.col("token_similarity") >= cfg.recall.token_similarity, "token").otherwise("transitive")
     detail = F.when(removed, F.concat(F.lit("duplicate of seed "), F.col("_rep"), F.lit(" in cluster "),
                                       F.col("cluster_id"), F.lit(" (estimated Jaccard "),
-                                      F.format_number(sim, 3), F.lit(")")))
+                                      F.format_number(sim, 3),
+                                      F.when(F.col("token_similarity").isNotNull() & ~exact,
+                                             F.concat(F.lit(", token similarity "),
+                                                      F.format_number("token_similarity", 3)))
+                                      .otherwise(F.lit("")),
+                                      F.lit("; "), detector, F.lit(")")))
     return out.select(*SEED_COLUMNS, "cluster_id", "cluster_size", F.lit(ctx.run_id).alias("run_id"),
                       F.col("minhash").alias("_minhash"), F.col("bands").alias("_bands"),
                       F.when(F.col("_rep").isNull(), F.col("seed_uid")).otherwise(F.col("_rep")).alias("_representative"),
                       F.when(F.col("_rep").isNull(), F.lit(1.0)).otherwise(sim).cast("double").alias("_similarity"),
-                      reason.alias("_reason"), detail.alias("_detail"),
+                      reason.alias("_reason"), detail.alias("_detail"), detector.alias("_detector"),
+                      tsim.cast("double").alias("_token_similarity"), F.col("recall_bands").alias("_recall_bands"),
                       "_rep_seed_id", "_rep_source", F.coalesce("_rep_earlier", F.lit(False)).alias("_rep_earlier"))
 
 
@@ -152,19 +220,22 @@ def _clusters(ctx: StageContext, staged: DataFrame) -> DataFrame:
 
 STAGE = Stage(
     name="dedup",
-    inputs={"seeds": "bronze.seeds", "bands": "silver.seed_bands", "signatures": "silver.seed_signatures"},
-    optional_inputs=("bands", "signatures"),
+    inputs={"seeds": "bronze.seeds", "bands": "silver.seed_bands", "signatures": "silver.seed_signatures",
+            "recall_bands": "silver.seed_recall_bands"},
+    optional_inputs=("bands", "signatures", "recall_bands"),
     output="silver.seeds",
     rejects="quarantine.duplicates",
     key=("seed_uid",),
     reject_columns=("seed_uid", "seed_id", "source", "source_row_id", "cluster_id", "_representative",
-                    "_similarity"),
+                    "_similarity", "_token_similarity", "_detector"),
     reads_output=True,
     whole=True,  # clusters span the whole batch: judge all pending seeds together
     derived=(Derived("silver.seed_clusters", ("seed_uid",), _clusters),
              Derived("silver.seed_bands", ("band", "band_hash", "seed_uid"),
                      lambda ctx, st: lsh.band_index(st, "seed_uid")),
-             Derived("silver.seed_signatures", ("seed_uid",), lambda ctx, st: lsh.signature_index(st, "seed_uid"))),
+             Derived("silver.seed_signatures", ("seed_uid",), lambda ctx, st: lsh.signature_index(st, "seed_uid")),
+             Derived("silver.seed_recall_bands", ("band", "band_hash", "seed_uid"),
+                     lambda ctx, st: lsh.recall_index(st.where(F.col("_recall_bands").isNotNull()), "seed_uid"))),
     transform=transform,
     sections=("dedup",),
     description="exact + MinHash-LSH near-duplicate removal; clusters kept for audit",

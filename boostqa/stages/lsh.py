@@ -15,9 +15,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from boostqa.text.minhash import MinHasher, band_hash_lists, lsh_params, signature_list_array, \
+from boostqa.text.minhash import EMPTY, MinHasher, band_hash_lists, lsh_params, signature_list_array, \
     signatures_from_list_array
-from boostqa.text.ngrams import ngram_hashes
+from boostqa.text.ngrams import list_parts, ngram_hashes, token_similarity
 from boostqa.text.normalize import NormalizeOptions, content_hash_array, words_array
 
 SKETCH_SCHEMA = T.StructType([T.StructField("seed_uid", T.StringType()), T.StructField("seed_id", T.StringType()),
@@ -93,10 +93,99 @@ def similarities(pairs: DataFrame, sigs: DataFrame) -> DataFrame:
     return joined.select("a", "b", "sa", "sb").mapInArrow(_similarity, SIM_SCHEMA)
 
 
-def band_index(staged: DataFrame, id_column: str) -> DataFrame:
+def band_index(staged: DataFrame, id_column: str, column: str = "_bands") -> DataFrame:
     """The persistent LSH index rows (seed_uid, band, band_hash) of a chunk's kept rows."""
     return staged.where(F.col("_outcome") == "kept").select(F.col(id_column).alias("seed_uid"),
-                                                            F.posexplode("_bands").alias("band", "band_hash"))
+                                                            F.posexplode(column).alias("band", "band_hash"))
+
+
+# ---------------------------------------------------------------- the recall pass (dedup.recall)
+# A copy with a few edited words loses most of its 5-word shingles (2 edits in 40 words: Jaccard
+# ~0.55), so the main pass misses it. The recall pass bands a second MinHash over *short*
+# shingles (2 words by default: the same 2 edits keep ~0.8 of them) at a low threshold, which
+# finds those pairs, and verifies every candidate with an exact token-level similarity (2 * LCS /
+# total words), which unrelated texts sharing common phrases do not reach.
+
+RECALL_SCHEMA = T.StructType([T.StructField("seed_uid", T.StringType()),
+                              T.StructField("recall_bands", T.ArrayType(T.LongType()))])
+TOKEN_SIM_SCHEMA = T.StructType([T.StructField("a", T.StringType()), T.StructField("b", T.StringType()),
+                                 T.StructField("token_similarity", T.DoubleType())])
+NO_BAND = -1  # index row of a text too short for the recall pass: never equal to a real band number
+
+
+def recall_shape(cfg) -> tuple[int, int]:
+    """(bands, rows per band) of the recall pass, from datasketch's optimiser."""
+    r = cfg.recall
+    return lsh_params(r.threshold, r.num_perm, r.false_positive_weight, 1.0 - r.false_positive_weight)
+
+
+def _doc_text(b: pa.RecordBatch, q: str = "question", a: str = "answer") -> pa.Array:
+    return pc.binary_join_element_wise(pc.fill_null(b.column(q), ""), pc.fill_null(b.column(a), ""), " ")
+
+
+def _recall_sketcher(cfg):
+    """mapInArrow kernel: (seed_uid, question, answer) -> recall-pass band hashes ([] when the text
+    has fewer than ``recall.min_words`` words)."""
+    opts, r = NormalizeOptions(**cfg.normalize.model_dump()), cfg.recall
+    hasher, (bands, rows) = MinHasher(r.num_perm, cfg.seed + 1), recall_shape(cfg)
+    schema = pa.schema([("seed_uid", pa.string()), ("recall_bands", pa.list_(pa.int64()))])
+
+    def sketch(batches):
+        for batch in batches:
+            for start in range(0, batch.num_rows, _BATCH_ROWS):
+                b = batch.slice(start, _BATCH_ROWS)
+                words = words_array(_doc_text(b), opts)
+                offs, _, _ = list_parts(words)
+                sigs = hasher.signatures(ngram_hashes(words, r.shingle_words))
+                sigs[np.diff(offs) < r.min_words] = EMPTY  # -> no bands
+                yield pa.RecordBatch.from_arrays([b.column("seed_uid"), band_hash_lists(sigs, bands, rows)],
+                                                 schema=schema)
+
+    return sketch
+
+
+def recall_sketches(rows: DataFrame, cfg) -> DataFrame:
+    """(seed_uid, question, answer) rows -> (seed_uid, recall_bands), with the ``dedup`` settings."""
+    return rows.select("seed_uid", "question", "answer").mapInArrow(_recall_sketcher(cfg), RECALL_SCHEMA)
+
+
+def recall_index(staged: DataFrame, id_column: str) -> DataFrame:
+    """Index rows (seed_uid, band, band_hash) of the recall pass for a chunk's kept rows; a text
+    too short for the pass gets one (NO_BAND, 0) row, so it is known to be indexed."""
+    kept = staged.where(F.col("_outcome") == "kept").select(
+        F.col(id_column).alias("seed_uid"),
+        F.when(F.size("_recall_bands") > 0, F.col("_recall_bands"))
+        .otherwise(F.array(F.lit(0).cast("long"))).alias("_b"),
+        (F.size("_recall_bands") > 0).alias("_has"))
+    return kept.select("seed_uid", F.posexplode("_b").alias("band", "band_hash"), "_has") \
+        .withColumn("band", F.when(F.col("_has"), F.col("band")).otherwise(F.lit(NO_BAND))).drop("_has")
+
+
+def _token_sim_kernel(opts: NormalizeOptions):
+    def kernel(batches):
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            wa = words_array(_doc_text(b, "qa", "aa"), opts).to_pylist()
+            wb = words_array(_doc_text(b, "qb", "ab"), opts).to_pylist()
+            sim = [token_similarity(x or [], y or []) for x, y in zip(wa, wb)]
+            yield pa.RecordBatch.from_arrays([b.column("a"), b.column("b"), pa.array(sim, pa.float64())],
+                                             names=["a", "b", "token_similarity"])
+
+    return kernel
+
+
+def token_similarities(pairs: DataFrame, texts: DataFrame, cfg) -> DataFrame:
+    """(a, b) pairs + (seed_uid, question, answer) texts -> (a, b, token_similarity): 2 * LCS /
+    (words a + words b) of the normalised texts, exact (not estimated)."""
+    t = texts.select("seed_uid", "question", "answer")
+    joined = (pairs.select("a", "b")
+              .join(t.select(F.col("seed_uid").alias("a"), F.col("question").alias("qa"),
+                             F.col("answer").alias("aa")), "a")
+              .join(t.select(F.col("seed_uid").alias("b"), F.col("question").alias("qb"),
+                             F.col("answer").alias("ab")), "b"))
+    opts = NormalizeOptions(**cfg.normalize.model_dump())
+    return joined.select("a", "b", "qa", "aa", "qb", "ab").mapInArrow(_token_sim_kernel(opts), TOKEN_SIM_SCHEMA)
 
 
 def signature_index(staged: DataFrame, id_column: str) -> DataFrame:

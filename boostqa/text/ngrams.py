@@ -35,6 +35,11 @@ __all__ = [
     "ngram_count",
     "ngram_text",
     "matching_ngrams",
+    "ngram_distinct_words",
+    "lcs_length",
+    "token_similarity",
+    "contains_span",
+    "ngram_hashes_multi",
 ]
 
 _M = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (2**64 / golden ratio)
@@ -190,3 +195,63 @@ def ngram_distinct_words(words: pa.Array | pa.ChunkedArray, n: int) -> pa.ListAr
         distinct = np.zeros(0, dtype=np.int64)
     return pa.ListArray.from_arrays(pa.array(out_offs.astype(np.int32)), pa.array(distinct.astype(np.int32)),
                                     mask=None if mask is None else pa.array(mask))
+
+
+def lcs_length(a: list, b: list) -> int:
+    """Length of the longest common subsequence of two token lists (Hyyrö's bit-parallel
+    algorithm on Python ints: one add, two ands/ors and one subtraction per token of ``b``, so a
+    150 x 150-token pair costs ~50 µs, with no quadratic table)."""
+    if not a or not b:
+        return 0
+    if len(a) < len(b):
+        a, b = b, a  # the bit vector over the longer side: fewer loop steps
+    pm: dict = {}
+    for i, t in enumerate(a):
+        pm[t] = pm.get(t, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for t in b:
+        u = v & pm.get(t, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def token_similarity(a: list, b: list) -> float:
+    """Normalised token-level similarity 2 * LCS / (len a + len b) (the Indel ratio of
+    difflib/rapidfuzz, on words): 1.0 for equal lists, 1 - (edits / total) roughly for a copy with
+    substituted, dropped or inserted words; 0.0 when either list is empty."""
+    if not a or not b:
+        return 0.0
+    return 2.0 * lcs_length(a, b) / (len(a) + len(b))
+
+
+def contains_span(words: list, span: list) -> int:
+    """Start of the first occurrence of ``span`` as a contiguous run in ``words``, or -1."""
+    k = len(span)
+    if not k or k > len(words):
+        return -1
+    first = span[0]
+    for i in range(len(words) - k + 1):
+        if words[i] == first and words[i:i + k] == span:
+            return i
+    return -1
+
+
+
+def ngram_hashes_multi(words: pa.Array | pa.ChunkedArray, ks: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each k: (int64 hashes of every complete k-gram of every document, the document index of
+    each), with the word hashes computed once for all k. The hashes equal :func:`ngram_hashes`'s
+    for documents of at least k words; shorter documents contribute nothing for that k."""
+    offs, flat, _ = list_parts(words)
+    lens = np.diff(offs)
+    wh = word_hashes(flat)
+    out = {}
+    for k in ks:
+        cnt = np.where(lens >= k, lens - k + 1, 0)
+        total = int(cnt.sum())
+        row = np.repeat(np.arange(len(lens)), cnt)
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        src = offs[:-1][row] + within
+        h = _mix_words(wh, src, k, k) if total else np.zeros(0, np.uint64)
+        out[k] = (h.view(np.int64), row)
+    return out

@@ -39,6 +39,14 @@ _DIGITS = r"\p{Nd}+"  # any script's decimal digits, not just ASCII
 _ACCENTS = r"[\x{0300}-\x{036F}]+"  # Latin/Greek/Cyrillic combining diacritics only: keeps
 # Japanese dakuten (U+3099), Devanagari vowel signs etc., which are not "accents"
 _CJK = r"([\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}])"
+# strip_labels (applied first, on the raw text, before punctuation turns "(a)" into the word "a"):
+# a "Q:" / "Question 3." / "Problem:" prefix at the start of a line ...
+_PREFIX = r"(?im)^[\p{Z}\t]*(?:q|question|problem|exercise)[\p{Z}\t]*(?:\d{1,4}[\p{Z}\t]*)?[:.)][\p{Z}\t]*"
+# ... choice labels "(a)", "a)", "[B]", anywhere a word can start ...
+_LABEL_PAREN = r"(?i)(?:^|[\p{Z}\p{Cc}])[\(\[]?[a-e][\)\]](?:[\p{Z}\p{Cc}]|$)"
+# ... and "A." / "A:" / "A)" (upper case) at the start of a line or after two spaces or a tab
+_LABEL_DOT = r"(?m)(?:^|[\p{Z}][\p{Z}]|\t)[\p{Z}\t]*[A-E][.:)](?:[\p{Z}\p{Cc}]|$)"
+# the leading label of an answer column on its own ("B", "(b)") is left alone: it is a whole text
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class NormalizeOptions:
     collapse_digits: bool = False  # every digit run -> "0" ("3.14" -> "0 0" with punctuation off)
     split_cjk: bool = True  # each Han/kana/hangul character becomes its own token
     strip_accents: bool = False  # "café" -> "cafe"
+    strip_labels: bool = False  # drop "Q:"/"Question 3:" prefixes and choice labels "(a)", "A.", "a)" (decontam)
 
 
 DEFAULT = NormalizeOptions()
@@ -79,6 +88,10 @@ def normalize_array(texts: pa.Array | pa.ChunkedArray, opts: NormalizeOptions = 
     """Normalize every string; nulls stay null. Output has single spaces between tokens and no
     leading/trailing space, so splitting on " " is exact (see engine-notes section 1)."""
     t = as_text_array(texts)
+    if opts.strip_labels:
+        t = pc.replace_substring_regex(t, _PREFIX, " ")
+        t = pc.replace_substring_regex(t, _LABEL_PAREN, " ")
+        t = pc.replace_substring_regex(t, _LABEL_DOT, " ")
     if opts.nfkc:
         t = pc.utf8_normalize(t, form="NFKD" if opts.strip_accents else "NFKC")
     elif opts.strip_accents:
