@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -27,9 +26,10 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from boostqa.tracking import file_lock
 
 SPARK_VERSION = "4.0.1"  # pyproject's `spark` extra
 DELTA_JARS = ("io.delta:delta-spark_2.13:4.0.0", "io.delta:delta-storage:4.0.0")
@@ -61,17 +61,6 @@ def problem() -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _site(venv: Path) -> Path:
     return venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
@@ -82,7 +71,8 @@ def fetch(root: Path | None = None, emit=print) -> Path:
     why = problem()
     if why:
         raise JvmError(f"JVM Spark needs Java 17+ and Maven: {why}")
-    with _locked(root / ".lock"):
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(str(root / ".lock")):
         venv, jars = root / "venv", root / "jars"
         if not (_site(venv) / "pyspark" / "jars" / f"spark-connect_2.13-{SPARK_VERSION}.jar").exists():
             emit(f"[jvm] creating {venv} with pyspark=={SPARK_VERSION} (~400 MB, once)")

@@ -48,7 +48,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
+def file_lock(path: str) -> Iterator[None]:
     """An exclusive advisory lock on a local file, held for the block."""
     import fcntl
 
@@ -79,7 +79,7 @@ class Tracker:
                 runs_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
                 os.makedirs(runs_dir, exist_ok=True)
                 artifacts = Path(runs_dir, "artifacts").resolve().as_uri()
-                lock = _file_lock(os.path.join(runs_dir, ".mlflow-init.lock"))
+                lock = file_lock(os.path.join(runs_dir, ".mlflow-init.lock"))
             mlflow.set_tracking_uri(uri)
             with lock:  # two processes creating one sqlite store race on its schema ("table ... already exists")
                 if mlflow.get_experiment_by_name(experiment) is None:
