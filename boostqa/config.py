@@ -520,12 +520,17 @@ def conf_dirs() -> list[Path]:
     return out
 
 
+def find_conf(relative: str, dirs: list[Path] | None = None) -> Path | None:
+    """The first of ``dirs`` (default ``conf_dirs()``) holding ``relative``, or None."""
+    return next((d / relative for d in (conf_dirs() if dirs is None else dirs) if (d / relative).is_file()), None)
+
+
 def conf_file(relative: str) -> Path:
     """The first ``conf_dirs()`` file at ``relative`` (e.g. "local.yaml", "prompts/refine.yaml")."""
-    for d in conf_dirs():
-        if (d / relative).is_file():
-            return d / relative
-    raise ConfigError(f"no {relative} in {', '.join(map(str, conf_dirs()))}")
+    found = find_conf(relative)
+    if found is None:
+        raise ConfigError(f"no {relative} in {', '.join(map(str, conf_dirs()))}")
+    return found
 
 
 def conf_dir() -> Path:
@@ -566,19 +571,11 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict:
 def _layers(profile: str, directory: Path | None, overrides: dict | None,
             environ: dict[str, str] | None) -> list[tuple[str, dict]]:
     """(where, values) from lowest to highest precedence."""
-    def find(name: str) -> Path | None:
-        if directory is not None:
-            return directory / name if (directory / name).is_file() else None
-        try:
-            return conf_file(name)
-        except ConfigError:
-            return None
-
-    base, profile_file = find("base.yaml"), find(f"{profile}.yaml")
+    dirs = [directory] if directory is not None else conf_dirs()
+    base, profile_file = find_conf("base.yaml", dirs), find_conf(f"{profile}.yaml", dirs)
     if base is None:
-        raise ConfigError(f"no base.yaml in {directory or ', '.join(map(str, conf_dirs()))}")
+        raise ConfigError(f"no base.yaml in {', '.join(map(str, dirs))}")
     if profile_file is None:
-        dirs = [directory] if directory is not None else conf_dirs()
         known = sorted({p.stem for d in dirs for p in d.glob("*.yaml")} - {"base", "taxonomy"})
         raise ConfigError(f"unknown profile {profile!r}: no {profile}.yaml in "
                           f"{', '.join(map(str, dirs))} (profiles: {known})")
