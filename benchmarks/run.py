@@ -197,27 +197,29 @@ def _anchor_once(task: str, cdir: Path, args: argparse.Namespace, truth: list[di
     return rows
 
 
-def run_ours_task(task: str, cdir: Path, truth: list[dict], n_docs: int, repeat: int = 1) -> dict[str, Any]:
-    runs = [[_ours_once(task, cdir, truth, n_docs)]]
+def run_ours_task(task: str, cdir: Path, truth: list[dict], n_docs: int, repeat: int = 1,
+                  profile: str = "parity") -> dict[str, Any]:
+    runs = [[_ours_once(task, cdir, truth, n_docs, profile)]]
     while len(runs) < repeat and runs[0][0]["status"] == "ok":
-        runs.append([_ours_once(task, cdir, truth, n_docs)])
+        runs.append([_ours_once(task, cdir, truth, n_docs, profile)])
     return best_of(runs)[0]
 
 
-def _ours_once(task: str, cdir: Path, truth: list[dict], n_docs: int) -> dict[str, Any]:
+def _ours_once(task: str, cdir: Path, truth: list[dict], n_docs: int, profile: str = "parity") -> dict[str, Any]:
     owork = WORK / f"ours-{cdir.name.removeprefix('corpus-')}"
     owork.mkdir(parents=True, exist_ok=True)
-    out = owork / f"result-{task}.json"
+    out = owork / f"result-{task}-{profile}.json"
     out.unlink(missing_ok=True)
-    log = owork / f"ours-{task}.log"
+    log = owork / f"ours-{task}-{profile}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_ours-worker", task, str(cdir), str(owork / task), str(out)]
-    print(f"[run] ours {task} (log {log})", file=sys.stderr, flush=True)
+    print(f"[run] ours {task} profile {profile} (log {log})", file=sys.stderr, flush=True)
     la = loadavg()
     with log.open("w") as lf:
-        mon = procmon.run_monitored(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=str(HERE.parent))
+        mon = procmon.run_monitored(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=str(HERE.parent),
+                                    env={**os.environ, "BOOSTQA_BENCH_PROFILE": profile})
     res = json.loads(out.read_text()) if out.is_file() else {
         "status": "error", "message": f"worker exited {mon['returncode']} without a result; see {log}"}
-    row: dict[str, Any] = {"system": "boostqa", "kind": "ours", "task": task, "status": res["status"],
+    row: dict[str, Any] = {"system": f"boostqa-{profile}", "kind": "ours", "task": task, "status": res["status"],
                            "message": res.get("message"), "subprocess": mon, "loadavg_before": la}
     if res["status"] == "ok":
         preds = read_preds(res["predictions_file"])
@@ -253,24 +255,27 @@ def breakdown(row: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> list[list[str]]:
     head = ["system", "task", "docs/s", "seconds", "CPU s", "peak RSS MiB", "precision", "recall", "F1",
-            "recall by edit rate / leak kind", "ours/anchor docs/s"]
+            "recall by edit rate / leak kind", "ours/anchor docs/s", "ours/anchor peak RSS"]
     out = [head]
     anchors = {(r["task"], r["system"]): r for r in rows if r["kind"] == "anchor" and r["status"] == "ok"}
     for r in rows:
         if r["status"] != "ok":
-            out.append([r["system"], r["task"], "-", "-", "-", "-", "-", "-", "-", f"({r['status']}: {r.get('message')})", "-"])
+            out.append([r["system"], r["task"], "-", "-", "-", "-", "-", "-", "-",
+                        f"({r['status']}: {r.get('message')})", "-", "-"])
             continue
         m = r["metrics"]
         pr = m["lenient"] if r["task"] == "dedup" else m
-        ratio = "-"
+        ratio = mem = "-"
         if r["kind"] == "ours":
             ratio = ", ".join(f"{a[1]} {r['docs_per_s'] / a_r['docs_per_s']:.2f}x"
                               for a, a_r in anchors.items() if a[0] == r["task"])
+            mem = ", ".join(f"{a[1]} {r['peak_rss_bytes'] / a_r['peak_rss_bytes']:.2f}x"
+                            for a, a_r in anchors.items() if a[0] == r["task"])
         cpu = r.get("cpu_seconds")
         out.append([r["system"], r["task"], f"{r['docs_per_s']:,.0f}", f"{r['seconds']:.1f}",
                     "-" if cpu is None else f"{cpu:.0f}",
                     f"{r['peak_rss_bytes'] / 2**20:,.0f}", _f(pr["precision"], 4), _f(pr["recall"], 4), _f(pr["f1"], 4),
-                    breakdown(r), ratio])
+                    breakdown(r), ratio, mem])
     return out
 
 
@@ -368,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each system N times per task; report the fastest run (and all timings)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
+    ap.add_argument("--ours-profiles", default="parity,default,head",
+                    help="boostqa configurations (ours.PROFILES): parity = the anchor's dedup threshold without "
+                         "verification, default = conf/base.yaml, head = parity without the issue-13 passes; "
+                         "decontam runs parity only as 'default' (the two are the same there)")
     args = ap.parse_args(argv)
 
     cdir, manifest = prepare_corpus(args.docs, args.seed, args.rebuild)
@@ -378,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     for task in ([args.only] if args.only else list(TASKS)):
         rows: list[dict[str, Any]] = []
         if not args.skip_ours:
-            rows.append(run_ours_task(task, cdir, truth, manifest["n_rows"], args.repeat))
+            profiles = [p for p in args.ours_profiles.split(",") if p]
+            if task == "decontam" and "default" in profiles:
+                profiles = [p for p in profiles if p != "parity"]  # identical settings for decontam
+            for profile in profiles:
+                rows.append(run_ours_task(task, cdir, truth, manifest["n_rows"], args.repeat, profile))
         if not args.skip_anchor:
             rows.extend(run_anchor(task, cdir, args, truth))
         ours = [r for r in rows if r["kind"] == "ours"]

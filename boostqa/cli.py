@@ -353,12 +353,11 @@ def tables(profile: ProfileOpt = None, fmt: FormatOpt = "table"):
     console.print(table)
 
 
-_print_df_sink: dict | None = None  # audit/report with -o json: sections collected into one object
-
-
-def _print_df(pdf, fmt: str, title: str | None = None) -> None:
-    if _print_df_sink is not None:
-        _print_df_sink[title or f"table {len(_print_df_sink)}"] = pdf
+def _print_df(pdf, fmt: str, title: str | None = None, sink: dict | None = None) -> None:
+    """Print a frame as a table, csv or json lines; with ``sink`` (multi-section output such as
+    audit -o json) collect it there under its title instead, for one JSON object at the end."""
+    if sink is not None:
+        sink[title or f"table {len(sink)}"] = pdf
         return
     if fmt == "csv":
         sys.stdout.write(pdf.to_csv(index=False))
@@ -500,35 +499,42 @@ def lineage(run_id: str, profile: ProfileOpt = None, fmt: FormatOpt = "table"):
 @_guard
 def audit(profile: ProfileOpt = None, examples: Annotated[int, typer.Option(help="example rows per section")] = 3,
           fmt: FormatOpt = "table"):
-    """What dedup and decontamination removed and why: counts per reason, benchmark and method."""
+    """What dedup and decontamination removed and why: counts per reason and detector (dedup) and
+    per benchmark and detector (decontamination), with examples."""
     session = _session(profile)
     lake, spark = session.lake, session.spark
     lake.register_sql_names()
     if not lake.exists("quarantine.duplicates") and not lake.exists("quarantine.contaminated"):
         _fail("nothing to audit yet: run `boostqa run dedup decontam` (or the pipeline) first")
-    sections: dict = {}
-    if fmt != "table":
-        global _print_df_sink
-        _print_df_sink = sections
+    sink: dict | None = {} if fmt != "table" else None  # -o json: every section in one object
+
+    def det(table: str, alias: str = "") -> str:  # lakes written before the detector column existed
+        found = "detector" in lake.read(table).columns
+        return f"{alias}detector" if found else "cast(null as string) as detector"
+
     if lake.exists("quarantine.duplicates"):
-        _print_df(spark.sql("select reason, count(*) as seeds, round(min(similarity), 3) as min_similarity "
-                            "from quarantine.duplicates group by reason order by reason").toPandas(), "table",
-                  title="dedup: removed seeds by reason")
-        _print_df(spark.sql(f"select d.reason, d.similarity, d.source, d.source_row_id, r.source as rep_source, "
-                            f"r.source_row_id as rep_row_id from quarantine.duplicates d join silver.seeds r "
-                            f"on d.representative = r.seed_uid order by d.similarity limit {examples}").toPandas(),
-                  "table", title="dedup: examples (lowest similarity first)")
+        _print_df(spark.sql(f"select reason, detector, count(*) as seeds, round(min(similarity), 3) as "
+                            f"min_similarity from (select reason, similarity, {det('quarantine.duplicates')} "
+                            "from quarantine.duplicates) group by reason, detector order by reason, detector")
+                  .toPandas(), "table",
+                  title="dedup: removed seeds by reason", sink=sink)  # and detector (title kept: scripts read it)
+        _print_df(spark.sql(f"select d.reason, {det('quarantine.duplicates', 'd.')}, d.similarity, d.source, "
+                            f"d.source_row_id, r.source as rep_source, r.source_row_id as rep_row_id "
+                            f"from quarantine.duplicates d join silver.seeds r on d.representative = r.seed_uid "
+                            f"order by d.similarity limit {examples}").toPandas(),
+                  "table", title="dedup: examples (lowest similarity first)", sink=sink)
     if lake.exists("quarantine.contaminated"):
-        _print_df(spark.sql("select benchmark, method, count(*) as rows from quarantine.contaminated "
-                            "group by benchmark, method order by rows desc, benchmark, method").toPandas(), "table",
-                  title="decontamination: hits per benchmark and method")
-        _print_df(spark.sql(f"select benchmark, method, item_id, shared_ngrams, round(cosine, 3) as cosine, ngram, "
+        d = det("quarantine.contaminated")
+        _print_df(spark.sql(f"select benchmark, detector, count(*) as rows from (select benchmark, {d} from "
+                            "quarantine.contaminated) group by benchmark, detector "
+                            "order by rows desc, benchmark, detector").toPandas(), "table",
+                  title="decontamination: hits per benchmark and detector", sink=sink)
+        _print_df(spark.sql(f"select benchmark, {d}, item_id, shared_ngrams, round(cosine, 3) as cosine, ngram, "
                             f"substr(question, 1, 80) as question from quarantine.contaminated "
                             f"order by benchmark limit {examples}").toPandas(), "table",
-                  title="decontamination: examples")
-    if fmt != "table":
-        _print_df_sink = None
-        _print_json(sections)
+                  title="decontamination: examples", sink=sink)
+    if sink is not None:
+        _print_json(sink)
 
 
 @app.command()

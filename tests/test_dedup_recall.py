@@ -11,7 +11,7 @@ import pytest
 
 from boostqa.runner import Runner
 from boostqa.stages.decontam import _windows
-from boostqa.text.ngrams import contains_span, lcs_length, token_similarity
+from boostqa.text.ngrams import contains_span, lcs_length, span_edit_distance, token_similarity
 from boostqa.text.normalize import NormalizeOptions, normalize, words
 from tests.conftest import write_jsonl
 
@@ -54,6 +54,27 @@ def test_lcs_and_token_similarity_match_a_dynamic_programme():
     assert token_similarity(w, edited) == pytest.approx(38 / 40)
     assert token_similarity(w, w) == 1.0 and token_similarity([], w) == 0.0
     assert contains_span(["x", "a", "b", "c"], ["a", "b"]) == 1 and contains_span(["a"], ["a", "b"]) == -1
+
+
+def test_span_edit_distance_matches_a_dynamic_programme():
+    """Fewest word edits from a pattern to any run of the text (free start and end)."""
+    rng = random.Random(1)
+    for _ in range(300):
+        p = [rng.choice("abcde") for _ in range(rng.randint(1, 70))]  # > 64 words: several machine words
+        t = [rng.choice("abcde") for _ in range(rng.randint(0, 90))]
+        col = list(range(len(p) + 1))
+        best = len(p)
+        for y in t:
+            new = [0]
+            for i, x in enumerate(p):
+                new.append(min(col[i] + (x != y), col[i + 1] + 1, new[i] + 1))
+            col = new
+            best = min(best, col[-1])
+        assert span_edit_distance(p, t) == best
+    q = _text(rng, 15)
+    edited = q[:4] + ["zzz"] + q[5:11] + q[12:]  # one word swapped, one dropped
+    assert span_edit_distance(q, _text(rng, 30) + edited + _text(rng, 30)) == 2
+    assert span_edit_distance(q, q) == 0 and span_edit_distance(q, []) == 15 and span_edit_distance([], q) == 0
 
 
 def test_choice_labels_and_prefixes_normalise_alike():
@@ -225,3 +246,36 @@ def test_inline_choices_match_choice_lines_through_ngrams(spark, make_settings, 
     off = _decontam(spark, make_settings, tmp_path / "off", [seed], [item], span={"enabled": False},
                     choice_ngrams=False, normalize={"strip_labels": False})
     assert off == {}
+
+
+def test_an_edited_copy_with_no_surviving_ngram_is_a_fuzzy_span(spark, make_settings, tmp_path):
+    """Two or three edited words leave no 10-gram in a 15-20-word question: the fuzzy span (at most
+    20 % word edits, exact edit distance) catches it; a different question on the same template,
+    or a copy with too many edits, is not flagged."""
+    rng = random.Random(21)
+    long_q = _text(rng, 18)
+    short_q = _text(rng, 11)  # < 15 words: the pattern is question + choices
+    choices = _text(rng, 4)
+    items = [{"id": "long", "question": " ".join(long_q), "answer": "yes"},
+             {"id": "short", "question": " ".join(short_q), "choices": choices, "answer": choices[0]}]
+    edit2 = long_q[:6] + ["qqq"] + long_q[7:14] + long_q[15:]  # a swap at 6, a drop at 14: 3 edits = 16 %
+    edit2[2] = "www"
+    too_many = list(long_q)
+    for i in (1, 5, 9, 13):  # 4 of 18 = 22 %
+        too_many[i] = "xxx"
+    short_edit = short_q[:5] + ["ppp"] + short_q[6:]
+    template = short_q[:5] + ["ppp"] + short_q[6:]  # the same question with other choices: another item
+    seeds = [{"id": "edited", "question": "Review: " + " ".join(edit2), "answer": "yes"},
+             {"id": "too_many", "question": " ".join(too_many), "answer": "yes"},
+             {"id": "short_edited", "question": " ".join(short_edit), "choices": choices, "answer": "x"},
+             {"id": "template", "question": " ".join(template), "choices": _text(rng, 4), "answer": "z"},
+             {"id": "verbatim", "question": " ".join(long_q), "answer": "no"}]
+    assert all(not (_shingles(long_q, 10) & _shingles(words(s["question"]), 10)) for s in seeds[:2])
+    flagged = _decontam(spark, make_settings, tmp_path, seeds, items)
+    assert set(flagged) == {"edited", "short_edited", "verbatim"}
+    e = flagged["edited"]
+    assert (e.detector, e.method, e.reason) == ("fuzzy_span", "span", "benchmark_span")
+    assert e.ngram == " ".join(long_q) + " [3 word edits]" and "(fuzzy_span)" in e.detail
+    s = flagged["short_edited"]  # matched on question + choices
+    assert (s.detector, s.ngram) == ("fuzzy_span", " ".join(short_q + choices) + " [1 word edit]")
+    assert flagged["verbatim"].detector == "ngram"  # an exact n-gram already says it: no fuzzy label

@@ -12,13 +12,18 @@ never decide a match:
   normalised question must occur as a contiguous span of the row; a stem shorter than
   ``span.min_words`` or shared by several items ("Which of the following is true?") also needs
   its choices (or, without choices, its answer) as spans of the row. Evidence: the span text.
+  Fuzzy spans (same switch): a question of n words or more, edited lightly (two or three words
+  swapped or dropped leave no 10-gram in a 15-word question), is found by its shared 3-grams and
+  verified exactly: at most 20 % word edits between the question (under 15 words: question +
+  choices, as a short question is often a template) and some run of the row. Reported only where
+  no exact n-gram matched. Evidence: the question and the edit count.
 - embedding cosine: rows and items are embedded (question + choices), the maximum cosine over
   the benchmark matrix is computed in blocks inside the UDF; at or above ``threshold`` is a hit.
   Long rows are also scored by windows of ``window_words`` words (a short item embedded in a
   longer text is diluted in the whole-text vector). Evidence: benchmark, item, cosine.
 
 Each hit records the detectors that fired (``detector``: ngram, span, span+choices,
-span+answer, embedding, embedding_window; several joined by "+").
+span+answer, fuzzy_span, embedding, embedding_window; several joined by "+").
 
 The stage is built by ``make_stage`` for any table and text columns, so synthesised QA is
 decontaminated by the same code as seeds.
@@ -39,10 +44,16 @@ from pyspark.sql import types as T
 from boostqa.stages.base import Stage, StageContext, StageError
 from boostqa.stages.bench_embed import embedder_config, embedding_text, model_name
 from boostqa.text.embed import make_embedder, max_cosine
-from boostqa.text.ngrams import contains_span, matching_ngrams, ngram_distinct_words, ngram_hashes, ngram_hashes_multi
+from boostqa.text.ngrams import (contains_span, matching_ngrams, ngram_distinct_words, ngram_hashes, ngram_hashes_multi,
+                                  span_edit_distance)
 from boostqa.text.normalize import NormalizeOptions, words_array
 
 _BATCH_ROWS = 4096
+# fuzzy spans (an edited copy of a benchmark question of >= n words: ``_fuzzy_index``); read as
+# ``decontam.span.fuzzy_*`` when the config has those fields, else these measured defaults
+# (benchmarks/recall_bench.py: light edits 0.975 -> 1.0, no new false positive on 9,094 clean seeds)
+_FUZZY = {"fuzzy_enabled": True, "fuzzy_max_edit_rate": 0.2, "fuzzy_min_words": 15, "fuzzy_k": 3,
+          "fuzzy_min_share": 0.25, "fuzzy_max_items_per_gram": 20, "fuzzy_max_words": 256, "fuzzy_max_checks": 8}
 
 
 def _joined_text(b: pa.RecordBatch, cols: list[str]) -> pa.Array:
@@ -168,6 +179,79 @@ def _span_items(ctx: StageContext, bench: DataFrame) -> list[tuple[str, str, str
     return out
 
 
+def _fuzzy_cfg(ctx: StageContext) -> dict:
+    sp = ctx.settings.decontam.span
+    return {k: getattr(sp, k, v) for k, v in _FUZZY.items()}
+
+
+def _fuzzy_index(ctx: StageContext, bench: DataFrame) -> dict | None:
+    """Benchmark questions of n..fuzzy_max_words words, for fuzzy spans: a row whose words contain
+    the question with at most ``fuzzy_max_edit_rate`` x its length word edits (a light edit: two
+    or three words swapped or dropped leave no 10-gram in a 15-word question). Candidates come from
+    shared k-grams (k = 3; k-grams in more than ``fuzzy_max_items_per_gram`` questions carry no
+    signal and are skipped): an item is checked when the row holds ``fuzzy_min_share`` of its
+    k-grams (each edit breaks at most k of them). The check is exact: ``span_edit_distance``.
+    Returns the lookup arrays (a k-gram -> items CSR), or None when fuzzy spans are off."""
+    fz = _fuzzy_cfg(ctx)
+    if not fz["fuzzy_enabled"]:
+        return None
+    cfg = ctx.settings.decontam
+    opts = NormalizeOptions(**cfg.normalize.model_dump())
+    pdf = bench.select("benchmark", "item_id", "question", "choices").toPandas()
+    qw = words_array(pa.array(pdf["question"].tolist(), pa.string()), opts).to_pylist()
+    # a short question (< fuzzy_min_words) is a template too often ("write the prime factorization
+    # of 77 ..." vs "... of 48 ..."): its pattern is question + choices, as they appear in a row
+    joined = [" ".join(str(c) for c in ch) if ch is not None and len(ch) else "" for ch in pdf["choices"]]
+    cw = words_array(pa.array(joined, pa.string()), opts).to_pylist()
+    pats = [q if q and len(q) >= fz["fuzzy_min_words"] else ((q + c) if q and c else None) for q, c in zip(qw, cw)]
+    keep = [i for i, (q, p) in enumerate(zip(qw, pats))
+            if p and len(q) >= cfg.ngram and len(p) <= fz["fuzzy_max_words"]]
+    if not keep:
+        return None
+    k = fz["fuzzy_k"]
+    hv, row = ngram_hashes_multi(pa.array([pats[i] for i in keep], pa.list_(pa.string())), [k])[k]
+    pairs = pd.DataFrame({"h": hv, "item": row}).drop_duplicates()
+    df = pairs.groupby("h")["item"].transform("size")
+    pairs = pairs[df <= fz["fuzzy_max_items_per_gram"]].sort_values(["h", "item"])
+    keys, first = np.unique(pairs["h"].to_numpy(), return_index=True)
+    ptr = np.append(first, len(pairs)).astype(np.int64)
+    grams = np.bincount(pairs["item"].to_numpy(), minlength=len(keep))
+    need = np.maximum(np.ceil(fz["fuzzy_min_share"] * grams), 2).astype(np.int64)
+    names, ids = pdf["benchmark"].tolist(), pdf["item_id"].astype(str).tolist()
+    meta = [(names[i], ids[i], pats[i]) for i in keep]
+    edits = np.asarray([int(fz["fuzzy_max_edit_rate"] * len(m[2])) for m in meta], dtype=np.int64)
+    return {"k": k, "keys": keys, "ptr": ptr, "items": pairs["item"].to_numpy().astype(np.int64), "need": need,
+            "meta": meta, "edits": edits, "max_checks": fz["fuzzy_max_checks"]}
+
+
+def _fuzzy_candidates(fx: dict, words: pa.Array) -> dict[int, list[int]]:
+    """Row index -> candidate items (most shared k-grams first), vectorised over the batch."""
+    k = fx["k"]
+    hv, row = ngram_hashes_multi(words, [k])[k]
+    if not len(hv):
+        return {}
+    order = np.argsort(hv, kind="stable")  # sorted queries: searchsorted walks the keys in order (~5x faster)
+    hv, row = hv[order], row[order]
+    pos = np.minimum(np.searchsorted(fx["keys"], hv), len(fx["keys"]) - 1)
+    hit = fx["keys"][pos] == hv
+    if not hit.any():
+        return {}
+    rows_h = pd.DataFrame({"r": row[hit], "g": pos[hit]}).drop_duplicates()  # distinct k-grams per row
+    g = rows_h["g"].to_numpy()
+    lo, cnt = fx["ptr"][g], fx["ptr"][g + 1] - fx["ptr"][g]
+    r = np.repeat(rows_h["r"].to_numpy(), cnt)
+    items = fx["items"][np.repeat(lo, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))]
+    n_items = len(fx["need"])
+    pair, shared = np.unique(r.astype(np.int64) * n_items + items, return_counts=True)
+    it = pair % n_items
+    ok = shared >= fx["need"][it]
+    out: dict[int, list[int]] = {}
+    order = np.lexsort((it[ok], -shared[ok], pair[ok] // n_items))
+    for rr, ii in zip((pair[ok] // n_items)[order].tolist(), it[ok][order].tolist()):
+        out.setdefault(rr, []).append(ii)
+    return out
+
+
 def _span_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, cols: list[str]) -> DataFrame:
     """Rows containing every part of a short benchmark item (``_span_items``), matched by hashing
     each row's k-grams for the part lengths k present and looking them up in sorted arrays; only
@@ -176,6 +260,8 @@ def _span_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, c
     opts = NormalizeOptions(**cfg.normalize.model_dump())
     items = _span_items(ctx, bench)
     ctx.stats.set("span_items", len(items))
+    fx = _fuzzy_index(ctx, bench)
+    ctx.stats.set("fuzzy_items", len(fx["meta"]) if fx else 0)
     schema = T.StructType([T.StructField(key, T.StringType()), T.StructField("sp_benchmark", T.StringType()),
                            T.StructField("sp_item", T.StringType()), T.StructField("sp_kind", T.StringType()),
                            T.StructField("sp_text", T.StringType())])
@@ -207,7 +293,7 @@ def _span_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, c
                     pos = np.flatnonzero(np.isin(hv, by_k[k]))
                     for r, h in zip(row[pos].tolist(), hv[pos].tolist()):
                         present.setdefault(r, set()).add(h)
-                keys, out = b.column(key).to_pylist(), []
+                keys, out, done = b.column(key).to_pylist(), [], set()
                 for r, hs in sorted(present.items()):
                     cands = sorted({i for h in hs for i in q_owners.get(h, ())})
                     hit = next((i for i in cands if all(h in hs for h in part_hashes[i])), None)
@@ -218,6 +304,19 @@ def _span_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, c
                     if contains_span(doc, q) < 0:  # hash collision guard
                         continue
                     out.append((keys[r], bench_name, item, kind, " ".join(q)))
+                    done.add(r)
+                if fx is not None:
+                    for r, cands in sorted(_fuzzy_candidates(fx, words).items()):
+                        if r in done:
+                            continue
+                        doc = words[r].as_py() or []
+                        for i in cands[:fx["max_checks"]]:
+                            bench_name, item, q = fx["meta"][i]
+                            d = span_edit_distance(q, doc)
+                            if d <= fx["edits"][i]:
+                                out.append((keys[r], bench_name, item, "fuzzy_span",
+                                            f"{' '.join(q)} [{d} word edit{'s' if d != 1 else ''}]"))
+                                break
                 if out:
                     yield pa.RecordBatch.from_pylist(
                         [dict(zip([key, "sp_benchmark", "sp_item", "sp_kind", "sp_text"], o)) for o in out],
@@ -314,7 +413,9 @@ def transform(ctx: StageContext, rows: DataFrame, bench: DataFrame, vectors: Dat
         flagged = flagged.select("*", *[F.lit(None).cast(t).alias(c) for c, t in
                                         (("em_benchmark", "string"), ("em_item", "string"), ("em_cosine", "double"),
                                          ("em_kind", "string"))])
-    ng, sp, em = F.col("ng_item").isNotNull(), F.col("sp_item").isNotNull(), F.col("em_item").isNotNull()
+    ng, em = F.col("ng_item").isNotNull(), F.col("em_item").isNotNull()
+    # a fuzzy span is the fallback for edited copies: where an exact n-gram already matched, it adds nothing
+    sp = F.col("sp_item").isNotNull() & ~(ng & (F.col("sp_kind") == "fuzzy_span"))
     out = rows.join(ctx.checkpoint(flagged), key, "left")
     detail = F.concat_ws("; ",
                          F.when(ng, F.concat(F.col("ng_benchmark"), F.lit(" item "), F.col("ng_item"), F.lit(": "),
@@ -334,11 +435,12 @@ def transform(ctx: StageContext, rows: DataFrame, bench: DataFrame, vectors: Dat
         *rows.columns,
         F.when(ng, "benchmark_ngram").when(sp, "benchmark_span").when(em, "benchmark_embedding").alias("_reason"),
         F.when(ng | sp | em, detail).alias("_detail"),
-        F.coalesce("ng_benchmark", "sp_benchmark", "em_benchmark").alias("_benchmark"),
-        F.coalesce("ng_item", "sp_item", "em_item").alias("_item_id"),
+        F.coalesce("ng_benchmark", F.when(sp, F.col("sp_benchmark")), "em_benchmark").alias("_benchmark"),
+        F.coalesce("ng_item", F.when(sp, F.col("sp_item")), "em_item").alias("_item_id"),
         F.when(ng | sp | em, method).alias("_method"),
         F.when(ng | sp | em, detector).alias("_detector"),
-        F.col("ng_shared").cast("long").alias("_shared_ngrams"), F.coalesce("ng_text", "sp_text").alias("_ngram"),
+        F.col("ng_shared").cast("long").alias("_shared_ngrams"),
+        F.coalesce("ng_text", F.when(sp, F.col("sp_text"))).alias("_ngram"),
         F.col("em_cosine").alias("_cosine"))
 
 

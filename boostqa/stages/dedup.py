@@ -68,6 +68,14 @@ def _policy_order(ctx: StageContext) -> list:
     return [F.col("seed_uid").asc()]
 
 
+# recall-pass candidates share at least this many of the 64 bands (``dedup.recall.min_shared_bands``
+# when the config has it): at 2-word-shingle Jaccard 0.55 (15 % word edits) P(>= 2 of 64 bands of
+# 4 rows) = 0.98, at 0.2 (unrelated texts on common phrases) 0.005 instead of 0.10 for one band. On
+# the 200k benchmark corpus one band gave ~8.9M band collisions (quadratic in the corpus) and an
+# 11 GB verify join.
+_RECALL_MIN_SHARED_BANDS = 2
+
+
 def _recall_edges(ctx: StageContext, rsk: DataFrame, index: DataFrame | None, texts: DataFrame,
                   known: DataFrame) -> DataFrame:
     """Recall-pass pairs: sharing a short-shingle band, not already an edge, and verified by the
@@ -80,9 +88,10 @@ def _recall_edges(ctx: StageContext, rsk: DataFrame, index: DataFrame | None, te
         back = lsh.recall_sketches(missing, cfg).select("seed_uid", F.posexplode("recall_bands")
                                                         .alias("band", "band_hash"))
         index = back if index is None else index.select("seed_uid", "band", "band_hash").unionByName(back)
-    cand = lsh.band_pairs(rsk.withColumnRenamed("recall_bands", "bands"), index) \
-        .select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b")).distinct() \
-        .join(known, ["a", "b"], "left_anti")
+    min_bands = getattr(cfg.recall, "min_shared_bands", _RECALL_MIN_SHARED_BANDS)
+    ctx.stats.set("recall.min_shared_bands", min_bands)
+    cand = lsh.band_pair_counts(rsk.withColumnRenamed("recall_bands", "bands"), index) \
+        .where(F.col("shared") >= min_bands).select("a", "b").join(known, ["a", "b"], "left_anti")
     cand = ctx.checkpoint(lsh.token_similarities(cand, texts, cfg))
     r = cand.agg(F.count("*").alias("n"), F.sum((F.col("token_similarity") >= cfg.recall.token_similarity)
                                                  .cast("long")).alias("v")).first()

@@ -68,6 +68,20 @@ def band_pairs(sk: DataFrame, index: DataFrame | None) -> DataFrame:
             .select(F.col("x.seed_uid").alias("a"), F.col("y.seed_uid").alias("b")).distinct())
 
 
+def band_pair_counts(sk: DataFrame, index: DataFrame | None) -> DataFrame:
+    """(a, b, shared): unordered pairs (a < b) of a sketched row and another sketched or indexed
+    row, with the number of LSH bands they share. At a low threshold a single shared band is
+    mostly chance (unrelated texts on common phrases, a count that grows with the square of the
+    corpus); true near copies share several."""
+    new_bands = sk.select("seed_uid", F.posexplode("bands").alias("band", "band_hash"))
+    pool = new_bands if index is None else new_bands.unionByName(index.select("seed_uid", "band", "band_hash"))
+    directed = (new_bands.alias("x").join(pool.alias("y"), ["band", "band_hash"])
+                .where(F.col("x.seed_uid") != F.col("y.seed_uid"))
+                .groupBy(F.col("x.seed_uid").alias("x"), F.col("y.seed_uid").alias("y")).count())
+    return directed.groupBy(F.least("x", "y").alias("a"), F.greatest("x", "y").alias("b")) \
+        .agg(F.max("count").alias("shared"))
+
+
 def signatures(sk: DataFrame, stored: DataFrame | None) -> DataFrame:
     """(seed_uid, minhash) of the sketched rows and of the stored index."""
     sigs = sk.select("seed_uid", "minhash")

@@ -40,6 +40,7 @@ __all__ = [
     "token_similarity",
     "contains_span",
     "ngram_hashes_multi",
+    "span_edit_distance",
 ]
 
 _M = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (2**64 / golden ratio)
@@ -236,6 +237,39 @@ def contains_span(words: list, span: list) -> int:
             return i
     return -1
 
+
+def span_edit_distance(pattern: list, text: list) -> int:
+    """Fewest word edits (substitute, drop, insert) that turn ``pattern`` into some contiguous run
+    of ``text`` (Sellers' approximate matching, free start and end in the text), by Myers'
+    bit-parallel algorithm on Python ints: a handful of int operations per word of ``text``, so a
+    benchmark question with two edited words inside a long seed costs ~100 µs per check.
+    len(pattern) when ``text`` is empty; 0 when ``pattern`` is."""
+    m = len(pattern)
+    if not m or not text:
+        return m
+    peq: dict = {}
+    for i, t in enumerate(pattern):
+        peq[t] = peq.get(t, 0) | (1 << i)
+    mask, high = (1 << m) - 1, 1 << (m - 1)
+    pv, mv, score = mask, 0, m
+    best = m
+    for t in text:
+        eq = peq.get(t, 0)
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) & mask
+        mh = pv & xh
+        if ph & high:
+            score += 1
+        elif mh & high:
+            score -= 1
+        ph = (ph << 1) & mask  # a 0 shifted in: the match may start at any word of the text
+        mh = (mh << 1) & mask
+        pv = (mh | ~(xv | ph)) & mask
+        mv = ph & xv
+        if score < best:
+            best = score
+    return best
 
 
 def ngram_hashes_multi(words: pa.Array | pa.ChunkedArray, ks: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
