@@ -9,10 +9,14 @@ It runs the same three ways:
 - ``spark-submit "$(python -c 'import boostqa.jobs as j; print(j.__file__)')" --stage ingest ...``
   (this file run as a script).
 
-No ``--stage`` runs the whole pipeline in order. ``--set KEY=VALUE`` overrides a setting; so does
-``--set.KEY=VALUE`` (or ``--set.KEY VALUE``), the form a job parameter named ``set.KEY`` arrives in.
-Every task of one Databricks job run passes the same ``--run-id``, so all stages land under one
-MLflow parent run.
+No ``--stage`` runs the whole pipeline in order. ``--stage assets`` is a job step before the
+pipeline, not a stage: it fetches the pinned benchmark and seed files the profile reads from
+``cache://`` into its data cache (on Databricks a Unity Catalog volume), without Spark.
+``--set KEY=VALUE`` overrides a setting; so does ``--set.KEY=VALUE`` (or ``--set.KEY VALUE``), the
+form a job parameter named ``set.KEY`` arrives in. ``--schemas`` names the lake's Unity Catalog
+schemas as the bundle deployed them (development mode prefixes them with the user's name), and
+``lake.schema_prefix`` is derived from them. Every task of one Databricks job run passes the same
+``--run-id``, so all stages land under one MLflow parent run.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() ==
 from boostqa.config import load_settings  # noqa: E402
 
 SET_PREFIX = "--set."
+ASSETS_STEP = "assets"  # a job step, not a stage: fetch the cache:// files the profile reads
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chunks", type=int, default=None, help="stop after N committed chunks")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set lake.catalog=dev (repeatable; VALUE parsed as YAML)")
+    p.add_argument("--schemas", default=None, metavar="NAMES",
+                   help="the lake's Unity Catalog schemas as deployed, comma-separated (<prefix><layer> each); "
+                        "sets lake.schema_prefix")
     return p
 
 
@@ -86,16 +94,66 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.stages = [n.strip() for value in args.stage for n in value.split(",") if n.strip()]
     from boostqa.stages import STAGES  # after parsing: --help needs no stage imports
 
-    unknown = [n for n in args.stages if n not in STAGES]
+    unknown = [n for n in args.stages if n not in STAGES and n != ASSETS_STEP]
     if unknown:
-        p.error(f"unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        p.error(f"unknown stage(s) {', '.join(unknown)}; known: {ASSETS_STEP} (job step), {', '.join(STAGES)}")
     return args
+
+
+def schema_prefix(names: str) -> str:
+    """The one prefix of deployed schema names ``<prefix><layer>`` (``dev_ann_boostqa_bronze,...``
+    -> ``dev_ann_boostqa_``): the lake then finds the tables where the bundle created the schemas.
+    Names that do not fit are a ConfigError (exit 2), not a guess."""
+    from boostqa.config import ConfigError
+    from boostqa.lake import LAYERS
+
+    prefixes: dict[str, str] = {}
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        layer = next((la for la in LAYERS if name.endswith(la)), None)
+        if layer is None or layer in prefixes:
+            raise ConfigError(f"--schemas: {name!r} is not <prefix><layer> for a new layer of {', '.join(LAYERS)}")
+        prefixes[layer] = name[:-len(layer)]
+    if len(set(prefixes.values())) != 1:
+        raise ConfigError(f"--schemas: the schemas do not share one prefix: {prefixes or names!r}")
+    return next(iter(prefixes.values()))
+
+
+def settings_overrides(args: argparse.Namespace) -> dict:
+    """``--set`` pairs, plus ``lake.schema_prefix`` from ``--schemas`` when given."""
+    out = overrides(args.set)
+    if args.schemas:
+        out.setdefault("lake", {})["schema_prefix"] = schema_prefix(args.schemas)
+    return out
+
+
+def needed_assets(settings) -> list[str]:
+    """Assets the enabled sources, benchmarks and corpus read from ``cache://<asset>/...``."""
+    from boostqa.sources import CACHE_PREFIX
+
+    names = [src.path[len(CACHE_PREFIX):].split("/", 1)[0]
+             for src in [*settings.sources, *settings.benchmarks, *settings.corpus]
+             if src.enabled and src.path and src.path.startswith(CACHE_PREFIX)]
+    return list(dict.fromkeys(names))
+
+
+def fetch_assets(settings) -> dict:
+    """Put the pinned files the pipeline reads into the data cache (idempotent: present files stay)."""
+    from boostqa.assets import ASSETS, AssetError, fetch
+
+    names = needed_assets(settings)
+    unknown = [n for n in names if n not in ASSETS]
+    if unknown:
+        raise AssetError(f"cache:// names unknown asset(s) {', '.join(unknown)}; known: {', '.join(ASSETS)}")
+    cache = settings.cache_dir()
+    print(f"[{ASSETS_STEP}] {', '.join(names) or 'nothing'} -> {cache}", flush=True)
+    return fetch(names, cache, on_event=lambda m: print(f"[{ASSETS_STEP}] {m}", flush=True)) if names else {}
 
 
 def main(argv: list[str] | None = None) -> int:
     """0: every stage finished its work; 1: work left (rows deferred, chunks left); 2: an error the
     message explains (bad config, unreachable endpoint, missing input)."""
     args = parse(argv)
+    from boostqa.assets import AssetError
     from boostqa.config import ConfigError
     from boostqa.lake import LakeError
     from boostqa.runner import StageError
@@ -103,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _run(args)
-    except (ConfigError, StageError, LakeError, SourceError) as e:
+    except (ConfigError, StageError, LakeError, SourceError, AssetError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 
@@ -111,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from boostqa.runner import Runner
 
-    settings = load_settings(args.profile, overrides=overrides(args.set))
+    settings = load_settings(args.profile, overrides=settings_overrides(args))
+    if ASSETS_STEP in args.stages:
+        fetch_assets(settings)
+    stages = [n for n in args.stages if n != ASSETS_STEP]
+    if args.stages and not stages:
+        return 0  # only the assets step: no Spark session
 
     def report(p):
         print(f"[{p.stage}] chunk {p.chunk}/{p.chunks} rows {p.rows_done}/{p.rows_total} kept {p.kept} "
@@ -119,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
               + (f" eta {p.eta:.0f}s" if p.eta is not None else ""), flush=True)
 
     runner = Runner(settings, progress=report)
-    run_id, results = runner.run(args.stages or None, args.run_id, args.max_chunks, skip_missing=True)
+    run_id, results = runner.run(stages or None, args.run_id, args.max_chunks, skip_missing=True)
     for r in results:
         if r.skipped:
             print(f"[{r.stage}] skipped: {r.skipped}", flush=True)
