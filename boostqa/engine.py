@@ -46,9 +46,25 @@ def _start_sail() -> int:
 
 def _embedded(cfg: EngineConfig) -> SparkSession:
     port = _start_sail()
-    spark = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
-    if spark not in _sessions:
-        _sessions.append(spark)
+    with _lock:
+        spark = _own_session(f"sc://127.0.0.1:{port}")
+        if spark not in _sessions:
+            _sessions.append(spark)
+        return spark
+
+
+_by_url: dict[str, SparkSession] = {}  # the one session per Connect URL this process made
+
+
+def _own_session(url: str) -> SparkSession:
+    """This module's session for ``url`` (made once; again after it was stopped). Not
+    ``builder.getOrCreate()``: that returns the process's active session whatever server it is
+    on, so an embedded session asked for after a remote one was made would be the remote one.
+    ``create()`` still makes the first session the process default, which ``SparkSession.active()``
+    callers (DDL parsing) need when it is the only one."""
+    spark = _by_url.get(url)
+    if spark is None or spark.is_stopped or spark.client.is_closed:
+        spark = _by_url[url] = SparkSession.builder.remote(url).create()
     return spark
 
 
@@ -76,20 +92,12 @@ def _jvm(cfg: EngineConfig) -> SparkSession:
     return spark
 
 
-_remote_sessions: dict[str, SparkSession] = {}  # by URL
-
-
 def _remote(cfg: EngineConfig) -> SparkSession:
     url = cfg.remote or os.environ.get("SPARK_REMOTE")
     if not url:
         raise EngineError("engine.kind=remote needs engine.remote (sc://host:port) or env SPARK_REMOTE")
-    # not builder.getOrCreate(): it returns the process's active session whatever server that is on,
-    # so a process that already used the embedded engine would silently stay on it
     with _lock:
-        spark = _remote_sessions.get(url)
-        if spark is None or spark.client.is_closed:
-            spark = _remote_sessions[url] = SparkSession.builder.remote(url).create()
-        return spark
+        return _own_session(url)
 
 
 def _databricks(cfg: EngineConfig) -> SparkSession:

@@ -5,13 +5,14 @@ Delta, not a second client: ``fetch()`` prepares, once per machine, a private vi
 full ``pyspark`` (the JVM jars, ``spark-submit`` and the Connect server jar; kept apart because it
 replaces the thin ``pyspark-client`` of the project's environment) and the Delta jars, copied
 from Maven Central by ``mvn dependency:copy`` into the project's cache (Ivy is never asked).
-``ConnectServer`` starts ``SparkConnectServer`` (``local[N]``, Delta extension and catalog) on a
-free port and stops it with its process group. Python UDFs run in that virtualenv's interpreter,
+``ConnectServer`` starts ``SparkConnectServer`` (Delta extension and catalog; ``master`` is
+``local[N]``, or ``local-cluster[W,C,MB]`` for W executor JVMs of C cores and MB MiB each, so
+Python UDFs and the jars ship to separate processes as on a cluster) on a free port and stops it with its process group. Python UDFs run in that virtualenv's interpreter,
 which sees the calling environment's packages (boostqa, pandas, pyarrow) after its own pyspark
 through a ``.pth`` file, so the worker's pyspark matches the JVM's.
 
     python -m boostqa.jvm fetch          # ~400 MB once: pyspark + delta jars
-    python -m boostqa.jvm serve [PORT]   # a Connect server until Ctrl-C (engine.kind: remote)
+    python -m boostqa.jvm serve [PORT] [MASTER]   # a Connect server until Ctrl-C (engine.kind: remote)
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = fetch()
     if args[0] == "serve":
-        with ConnectServer(root, port=int(args[1]) if len(args) > 1 else 15002) as srv:
+        port, master = int(args[1]) if len(args) > 1 else 15002, args[2] if len(args) > 2 else "local[2]"
+        with ConnectServer(root, port=port, master=master) as srv:
             print(f"Spark Connect + Delta at {srv.url} (engine.kind: remote, engine.remote: {srv.url}); Ctrl-C stops")
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()

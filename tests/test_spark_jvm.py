@@ -14,16 +14,25 @@ import pytest
 from boostqa import jvm
 from boostqa.config import load_settings
 from boostqa.runner import Runner
+from boostqa.stages import STAGES as ALL_STAGES
 from boostqa.stages import llm
 from tests.conftest import write_jsonl
 
 pytestmark = pytest.mark.skipif(jvm.problem() is not None, reason=f"JVM Spark: {jvm.problem()}")
 
-STAGES = ["ingest", "bench", "bench_embed", "dedup", "decontam", "annotate"]
-VOLATILE = {"run_id", "ingested_at", "rejected_at", "created_at", "failed_at", "latency_ms", "source_file"}
-TABLES = {"ref.bench_embeddings": "item_id", "bronze.seeds": "record_key", "quarantine.seeds": "record_key", "silver.seeds": "seed_uid",
-          "quarantine.duplicates": "seed_uid", "silver.seeds_clean": "seed_uid",
-          "quarantine.contaminated": "seed_uid", "silver.seeds_annotated": "seed_uid", "ops.llm_calls": "request_key"}
+STAGES = list(ALL_STAGES)  # the whole pipeline, LinkQA included
+VOLATILE = {"run_id", "ingested_at", "rejected_at", "created_at", "failed_at", "latency_ms", "source_file",
+            "acquired_at", "expires_at",
+            "synth_run_id", "check_run_id", "counted_at", "exported_at",
+            # hashes over the input versions' data file names (random UUIDs): differ between any two runs,
+            # on one engine too (kp_graph's graph id, the ledger's table digest and the row id made from it)
+            "graph_id", "table_digest", "ledger_id",
+            # hashes of the export settings and manifest, which name each engine's own export directory
+            "export_id", "manifest_sha256"}
+# compared by key (a difference names the row); every other table the stages write, as a multiset of rows
+KEYS = {"ref.bench_embeddings": "item_id", "bronze.seeds": "record_key", "quarantine.seeds": "record_key",
+        "silver.seeds": "seed_uid", "quarantine.duplicates": "seed_uid", "silver.seeds_clean": "seed_uid",
+        "quarantine.contaminated": "seed_uid", "silver.seeds_annotated": "seed_uid", "ops.llm_calls": "request_key"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,8 @@ def connect_server(request):
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
         root = jvm.fetch()
-    srv = jvm.ConnectServer(root).launch()  # the JVM starts while the embedded engine runs
+    # two workers of one core each: executors are separate JVMs, so Python UDFs and the Delta jars ship
+    srv = jvm.ConnectServer(root, master="local-cluster[2,1,1024]").launch()  # starts while embedded runs
     try:
         yield srv
     finally:
@@ -51,13 +61,26 @@ def _seeds(root: Path) -> dict:
     return {"sources": [{"name": "p", "path": str(root / "seeds.jsonl"),
                          "fields": {"id": "id", "question": "question", "answer": "answer"}}],
             "benchmarks": [{"name": "b", "path": str(root / "bench.jsonl")}],
+            "corpus": [{"name": "python_reference", "path": "package://data/general/python_reference.jsonl",
+                        "text_field": "text", "id_field": "id"}],
+            "linkqa": {"enabled": True, "paths": 4}, "synthesis": {"budget_qa": 24},
+            "blend": {"target_tokens": 2000}, "export": {"shard_tokens": 800},
             "tracking": {"enabled": False}, "llm": {"simulator": {"latency_ms": 1}}}
+
+
+def _norm(row: dict) -> dict:
+    """A row without its volatile columns; gold lineage without the run ids of its stages."""
+    out = {k: v for k, v in row.items() if k not in VOLATILE}
+    if isinstance(out.get("lineage"), list):
+        out["lineage"] = [(k, v) for k, v in out["lineage"] if not k.endswith("_run")]
+    return out
 
 
 def _run(root: Path, base: dict, engine_cfg: dict) -> dict[str, dict]:
     """Run STAGES with the settings' engine (what `boostqa run` does) and read every table back."""
-    settings = load_settings("local", environ={}, overrides={**base, "lake": {"root": str(root / "lake")},
-                                                              "runs_dir": str(root / "runs"), "engine": engine_cfg})
+    settings = load_settings("local", environ={}, overrides={
+        **base, "lake": {"root": str(root / "lake")}, "runs_dir": str(root / "runs"), "engine": engine_cfg,
+        "export": {**base["export"], "dir": str(root / "exports")}})  # each engine writes its own shards
     llm.stop_simulator()
     _, results = Runner(settings).run(STAGES)
     llm.stop_simulator()
@@ -65,35 +88,49 @@ def _run(root: Path, base: dict, engine_cfg: dict) -> dict[str, dict]:
     from deltalake import DeltaTable
 
     out = {}
-    for name, key in TABLES.items():
-        rows = DeltaTable(str(root / "lake" / name.replace(".", "/"))).to_pyarrow_table().to_pylist()
-        out[name] = {r[key]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}
-        assert len(out[name]) == len(rows), f"duplicate keys in {name}"
+    for log in sorted((root / "lake").glob("*/*/_delta_log")):
+        name = f"{log.parent.parent.name}.{log.parent.name}"
+        rows = [_norm(r) for r in DeltaTable(str(log.parent)).to_pyarrow_table().to_pylist()]
+        for r in rows:  # ops.exports names the engine's own export directory
+            if isinstance(r.get("path"), str):
+                r["path"] = r["path"].replace(str(root), "<root>")
+        if name in KEYS:
+            out[name] = {r[KEYS[name]]: r for r in rows}
+            assert len(out[name]) == len(rows), f"duplicate keys in {name}"
+        else:
+            out[name] = sorted(rows, key=repr)
     return out
 
 
 def test_embedded_and_jvm_spark_write_the_same_tables(connect_server, tmp_path, _engine):
-    from pyspark.sql.connect.session import SparkSession
-
     from boostqa import engine
     from boostqa.config import EngineConfig
 
     base = _seeds(tmp_path)
-    embedded = engine.get_spark()
     want = _run(tmp_path / "embedded", base, {"kind": "embedded"})
+    embedded = engine.get_spark()
     remote_cfg = {"kind": "remote", "remote": connect_server.wait_ready().url}
     remote = engine.get_spark(EngineConfig(**remote_cfg))  # the session the runner gets too
     try:
         assert remote is not embedded and remote.version.startswith("4.0") and embedded.version != remote.version
+        assert engine.get_spark() is embedded  # a remote session does not shadow the embedded one
         # pyspark-client 4.2 asks a 4.0 server for settings it lacks before sending local rows
         assert remote.createDataFrame([(1, "a")], "n int, s string").collect()[0]["s"] == "a"
         got = _run(tmp_path / "jvm", base, remote_cfg)
     finally:
         remote.stop()
-        SparkSession._set_default_and_active_session(embedded)
+    assert engine.get_spark() is embedded
     assert len(want["silver.seeds_annotated"]) == 24 and want["quarantine.contaminated"]
-    assert want["quarantine.seeds"] and want["quarantine.duplicates"]
-    for name in TABLES:
-        assert got[name].keys() == want[name].keys(), name
-        for k in want[name]:
-            assert got[name][k] == want[name][k], (name, k)
+    assert want["quarantine.seeds"] and want["quarantine.duplicates"] and want["silver.seed_clusters"]
+    for name in ("gold.boostqa", "gold.mix", "gold.token_ledger", "ops.exports", "silver.kp_paths", "quarantine.synth"):
+        assert want[name], name  # the later stages really produced rows
+    # shards written by each engine (ops.exports' shard, row and token counts are compared below)
+    assert list((tmp_path / "jvm" / "exports").glob("mix-v*/manifest.json"))
+    assert set(KEYS) <= want.keys() and got.keys() == want.keys()
+    for name in want:
+        if name in KEYS:
+            assert got[name].keys() == want[name].keys(), name
+            for k in want[name]:
+                assert got[name][k] == want[name][k], (name, k)
+        else:
+            assert got[name] == want[name], name
