@@ -67,6 +67,9 @@ class FieldMap(_Model):
     choices: str | None = None
     subject: str | None = None
     lang: str | None = None
+    # LinkQA: a list of knowledge-point names the source supplies per record (e.g. CHAMP's
+    # ``concepts``); kp_extract uses them instead of asking the LLM (docs/linkqa.md)
+    kps: str | None = None
 
 
 class SourceConfig(_Model):
@@ -111,6 +114,8 @@ class IngestConfig(_Model):
     max_subject_chars: int = Field(256, ge=1)
     max_lang_chars: int = Field(64, ge=1)
     max_id_chars: int = Field(512, ge=1)  # the source's own row id
+    max_kps: int = Field(64, ge=1)  # source-supplied knowledge points of one record (fields.kps)
+    max_kp_chars: int = Field(1_000, ge=1)  # each of them
     # a whole record (jsonl line, json element, csv/parquet row as JSON, table row); also the csv
     # field-size limit. Larger rows are quarantined as too_long before they are parsed
     max_record_chars: int = Field(1_000_000, ge=1_000)

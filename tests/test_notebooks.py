@@ -1,8 +1,8 @@
 """notebooks/*.ipynb: committed stripped and valid, and run headlessly against a demo lake.
 
 A module fixture runs the demo pipeline in-process (embedding detector off, MLflow off, to save
-time) into a temporary lake; each notebook then runs in its own kernel (which starts its own
-embedded engine) with the lake's location in BOOSTQA__* environment variables, and the numbers it
+time; LinkQA on, as the demo profile has it) into a temporary lake; each notebook then runs in its
+own kernel (which starts its own embedded engine) with the lake's location in BOOSTQA__* environment variables, and the numbers it
 prints must match the tables.
 """
 
@@ -21,7 +21,7 @@ from boostqa.config import load_settings
 from boostqa.lake import Lake, LakeError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-EXPECTED = ("01_mix", "02_contamination_dedup", "03_tokens_blend")
+EXPECTED = ("01_mix", "02_contamination_dedup", "03_tokens_blend", "04_kp_graph")
 
 
 def _read(name: str):
@@ -145,6 +145,32 @@ def test_03_tokens_blend(demo):
     assert f"{p['tokens']:,} of {p['target_tokens']:,} tokens" in text
     assert re.search(r"export of gold\.mix v\d+ at .+: manifest sha256 verified, \d+ shards", text)
     assert "SIMULATED LLM output" in text
+
+
+def test_04_kp_graph(demo):
+    settings, lake, env = demo
+    text, figures = _execute("04_kp_graph", env)
+    assert figures == 4
+    nodes = lake.read("gold.kp_nodes")
+    gid = nodes.select("graph_id").first()["graph_id"]
+    edges = lake.read("gold.kp_edges").where(F.col("graph_id") == gid)
+    degree0 = nodes.where(F.col("degree") == 0).count()
+    assert (f"gold.kp_nodes: {_n(nodes)} KPs in graph {gid}, gold.kp_edges: {_n(edges)} edges, "
+            f"{degree0:,} KPs of degree 0") in text
+    # the demo's CHAMP source supplies KPs (its concept labels); the annotator names the rest
+    supplied = lake.read("silver.seed_kps").where(F.col("kp_source") == "source").select("kp_id").distinct().count()
+    assert supplied > 0 and f"{supplied:,} KPs were supplied by a source" in text
+    cov = lake.read("gold.kp_walk_coverage").where(F.col("graph_id") == gid)
+    n_paths = cov.agg(F.max("paths")).first()[0]
+    assert n_paths == lake.read("silver.kp_paths").count() == settings.linkqa.paths
+    for r in cov.where(F.col("paths") == n_paths).collect():
+        assert f"  {r['strategy']}: coverage {r['coverage']:.4f}, gini {r['gini']:.4f}" in text
+    assert f"recomputed coverage at {n_paths} paths matches gold.kp_walk_coverage: True" in text
+    mix = lake.read("gold.kp_walk_mix").where((F.col("graph_id") == gid) & (F.col("paths") == n_paths))
+    assert f"total variation distance target vs achieved {mix.first()['tvd']:.4f}" in text
+    items = lake.read("gold.boostqa").where(F.col("mode") == "linkqa")
+    assert f"gold.boostqa: {_n(items)} accepted linkqa items" in text
+    assert "SIMULATED" in text
 
 
 def test_notebook_fails_loudly_on_a_missing_table(tmp_path):

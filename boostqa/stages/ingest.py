@@ -6,6 +6,10 @@ seed goes to quarantine with a reason and a detail naming file, row and field (t
 ``boostqa.text.records.REASONS``). Duplicate row ids
 within a source keep the first row (by file, then row) and quarantine the others, also against
 rows ingested by earlier runs, so nothing is overwritten or silently skipped.
+
+``kps`` holds the knowledge points a source supplies (``fields.kps``, e.g. CHAMP's concepts; null
+when it maps none or the record has none): LinkQA's kp_extract reads them from bronze.seeds and
+asks the LLM only for the other seeds.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ RAW_COLUMNS = [("record_key", T.StringType()), ("source", T.StringType()), ("sou
                ("source_row", T.LongType()), ("raw", T.StringType()), ("read_error", T.StringType())]
 SEED_FIELDS = [("seed_uid", T.StringType()), ("source_row_id", T.StringType()), ("question", T.StringType()),
                ("answer", T.StringType()), ("choices", T.ArrayType(T.StringType())),
-               ("subject_hint", T.StringType()), ("lang", T.StringType()),
+               ("subject_hint", T.StringType()), ("lang", T.StringType()), ("kps", T.ArrayType(T.StringType())),
                ("_reason", T.StringType()), ("_detail", T.StringType())]
 PARSED_SCHEMA = T.StructType([T.StructField(n, t) for n, t in RAW_COLUMNS + SEED_FIELDS])
 
 BRONZE_COLUMNS = ["seed_uid", "record_key", "source", "source_file", "source_row", "source_row_id", "question",
-                  "answer", "choices", "subject_hint", "lang", "source_weight", "raw", "ingested_at", "run_id"]
+                  "answer", "choices", "subject_hint", "lang", "kps", "source_weight", "raw", "ingested_at", "run_id"]
 _BATCH_ROWS = 5_000
 
 
@@ -43,7 +47,7 @@ def _rules(ctx: StageContext) -> dict[str, Rules]:
                           max_choices=lim.max_choices, choices_fields=tuple(s.choices_fields),
                           answer_is_label=s.answer_is_label, max_choice_chars=lim.max_choice_chars,
                           max_subject_chars=lim.max_subject_chars, max_lang_chars=lim.max_lang_chars,
-                          max_id_chars=lim.max_id_chars)
+                          max_id_chars=lim.max_id_chars, max_kps=lim.max_kps, max_kp_chars=lim.max_kp_chars)
             for s in _declared(ctx)}
 
 
@@ -88,7 +92,7 @@ def parse(ctx: StageContext, raw: DataFrame, existing: DataFrame | None) -> Data
     weights = F.create_map(*[x for s in _declared(ctx) for x in (F.lit(s.name), F.lit(float(s.weight)))])
     return parsed.select(
         "seed_uid", "record_key", "source", "source_file", "source_row", "source_row_id", "question", "answer",
-        "choices", "subject_hint", "lang",
+        "choices", "subject_hint", "lang", "kps",
         weights[F.col("source")].cast("double").alias("source_weight"),
         "raw",
         F.current_timestamp().alias("ingested_at"),

@@ -16,6 +16,12 @@ only up to that budget, and not again for a graph and budget already walked, so 
 nothing. Each new path is also one synthesis task (mode ``linkqa``) in silver.synth_plan:
 plan_id = qa_id = path_id, seed_uid = the path's first seed; synthesize joins the path for the
 other seeds and the KP names. These tasks count towards ``synthesis.budget_qa`` as planned.
+
+Measurements (over every path so far, on the current graph, once per run that walked): KP coverage,
+Gini of visits and KP links per item of the value walk against the popularity-only walk and
+uniform seed sampling at the same number of paths -> gold.kp_walk_coverage; target vs achieved
+discipline x difficulty mix of the paths -> gold.kp_walk_mix; both also as ``linkqa.*`` metrics
+and the MLflow artifact ``linkqa_report.json``.
 """
 
 from __future__ import annotations
@@ -132,31 +138,83 @@ def to_paths(rows) -> list[kp.Path]:
                     int(r["round"])) for r in rows]
 
 
-def measure(ctx: StageContext, staged: DataFrame) -> None:
-    """Coverage / Gini of KP visits against popularity-proportional walks and uniform seed sampling
-    at the same number of paths, target vs achieved mix, seeds and KP links per item: every path
-    so far, on the current graph. Metrics ``linkqa.*`` and the artifact ``linkqa_report.json``."""
+REPORT = "linkqa_report.json"
+COVERAGE_SCHEMA = T.StructType([
+    T.StructField("graph_id", T.StringType()), T.StructField("paths", T.LongType()),
+    T.StructField("strategy", T.StringType()), T.StructField("strategy_paths", T.LongType()),
+    T.StructField("coverage", T.DoubleType()), T.StructField("gini", T.DoubleType()),
+    T.StructField("kp_links_per_item", T.DoubleType()), T.StructField("graph_kps", T.LongType()),
+    T.StructField("linked_kps", T.LongType()), T.StructField("graph_edges", T.LongType()),
+    T.StructField("run_id", T.StringType())])
+MIX_SCHEMA = T.StructType([
+    T.StructField("graph_id", T.StringType()), T.StructField("paths", T.LongType()),
+    T.StructField("discipline", T.StringType()), T.StructField("difficulty", T.IntegerType()),
+    T.StructField("target", T.DoubleType()), T.StructField("achieved", T.DoubleType()),
+    T.StructField("seed_level", T.DoubleType()), T.StructField("tvd", T.DoubleType()),
+    T.StructField("run_id", T.StringType())])
+
+
+def report(ctx: StageContext, staged: DataFrame) -> dict | None:
+    """``kp.walk_report`` over every path so far on the current graph (+ ``graph_id``, ``paths``),
+    computed once per chunk: kept as the chunk's artifact ``linkqa_report.json``, which the report
+    tables and the metrics read. None without a graph."""
+    if REPORT in ctx.stats.artifacts:
+        return json.loads(ctx.stats.artifacts[REPORT])
+    gid = current_graph(ctx.inputs["nodes"])
+    if gid is None:
+        return None
     cols = ["path_id", "kp_ids", "seed_uids", "seed_difficulties", "discipline", "target_difficulty", "round"]
     new = staged.where(F.col("_outcome") == "kept").select(*cols)
     every = new if ctx.existing is None else ctx.existing.select(*cols).unionByName(new).dropDuplicates(["path_id"])
     paths = sorted(to_paths(every.collect()), key=lambda p: (p.round, p.path_id))
-    gid = current_graph(ctx.inputs["nodes"])
-    if gid is None:
-        return
     graph = kp.Graph.from_frames(*collect_graph(ctx, gid))
     c = ctx.settings.linkqa
-    report = kp.walk_report(graph, paths, kp.WalkConfig.from_settings(c, len(paths)))
-    for name, m in report["strategies"].items():
+    out = {"graph_id": gid, "paths": len(paths),
+           **kp.walk_report(graph, paths, kp.WalkConfig.from_settings(c, len(paths)))}
+    ctx.stats.artifact(REPORT, json.dumps(out, indent=1))
+    return out
+
+
+def coverage_rows(ctx: StageContext, staged: DataFrame) -> DataFrame:
+    """gold.kp_walk_coverage: per strategy (value walk, popularity-only walk, uniform seeds) at the
+    same number of paths, KP coverage, Gini of visits and KP links per item (key: graph, paths so
+    far, strategy: a top-up adds rows, a rerun none)."""
+    r = report(ctx, staged)
+    g = (r or {}).get("graph", {})
+    rows = [(r["graph_id"], r["paths"], name, m["paths"], float(m["coverage"]), float(m["gini"]),
+             float(m["kp_links_per_item"]), g["kps"], g["linked_kps"], g["edges"], ctx.run_id)
+            for name, m in r["strategies"].items()] if r else []
+    return ctx.spark.createDataFrame(rows, COVERAGE_SCHEMA)
+
+
+def mix_rows(ctx: StageContext, staged: DataFrame) -> DataFrame:
+    """gold.kp_walk_mix: target vs achieved share of the paths per (discipline, target difficulty),
+    and the share whose seeds' mean level is that cell (``seed_level``)."""
+    r = report(ctx, staged)
+    rows = [(r["graph_id"], r["paths"], m["discipline"], int(m["difficulty"]), float(m["target"]),
+             float(m["achieved"]), float(m["seed_level"]), float(r["mix"]["tvd"]), ctx.run_id)
+            for m in r["mix"]["cells"]] if r else []
+    return ctx.spark.createDataFrame(rows, MIX_SCHEMA)
+
+
+def measure(ctx: StageContext, staged: DataFrame) -> None:
+    """Coverage / Gini of KP visits against popularity-proportional walks and uniform seed sampling
+    at the same number of paths, target vs achieved mix, seeds and KP links per item: every path
+    so far, on the current graph. Metrics ``linkqa.*`` and the artifact ``linkqa_report.json``
+    (the same numbers as gold.kp_walk_coverage and gold.kp_walk_mix)."""
+    r = report(ctx, staged)
+    if r is None:
+        return
+    for name, m in r["strategies"].items():
         ctx.stats.set(f"linkqa.coverage.{name}", m["coverage"])
         ctx.stats.set(f"linkqa.gini.{name}", m["gini"])
         ctx.stats.set(f"linkqa.kp_links_per_item.{name}", m["kp_links_per_item"])
-    ctx.stats.set("linkqa.paths", float(len(paths)))
-    ctx.stats.set("linkqa.mix_tvd", report["mix"]["tvd"])
-    ctx.stats.set("linkqa.mix_tvd_seed_level", report["mix"]["tvd_seed_level"])
-    for k, v in report["items"].items():
+    ctx.stats.set("linkqa.paths", float(r["paths"]))
+    ctx.stats.set("linkqa.mix_tvd", r["mix"]["tvd"])
+    ctx.stats.set("linkqa.mix_tvd_seed_level", r["mix"]["tvd_seed_level"])
+    for k, v in r["items"].items():
         ctx.stats.set(f"linkqa.{k}", v)
-    ctx.stats.tag("linkqa.graph_id", gid)
-    ctx.stats.artifact("linkqa_report.json", json.dumps(report, indent=1))
+    ctx.stats.tag("linkqa.graph_id", r["graph_id"])
 
 
 STAGE = Stage(
@@ -169,7 +227,9 @@ STAGE = Stage(
     reads_output=True,
     whole=True,  # one walk over the whole graph
     transform=transform,
-    derived=(Derived("silver.synth_plan", ("plan_id",), plan_rows),),
+    derived=(Derived("silver.synth_plan", ("plan_id",), plan_rows),
+             Derived("gold.kp_walk_coverage", ("graph_id", "paths", "strategy"), coverage_rows),
+             Derived("gold.kp_walk_mix", ("graph_id", "paths", "discipline", "difficulty"), mix_rows)),
     summarize=measure,
     sections=("linkqa",),
     enabled=lambda s: s.linkqa.enabled,

@@ -468,5 +468,6 @@ def walk_report(graph: Graph, paths: Sequence[Path], cfg: WalkConfig) -> dict:
     target = dict(cfg.target_mix) if cfg.target_mix else natural_mix(graph)
     base = dataclasses.replace(cfg, paths=len(paths), start_round=0)
     mix = mix_report(paths, target)
-    return {"graph": {"kps": len(graph.kps), "edges": graph.n_edges, "seeds": len(graph.seed_kps)},
+    return {"graph": {"kps": len(graph.kps), "edges": graph.n_edges, "seeds": len(graph.seed_kps),
+                      "linked_kps": sum(1 for k in graph.kps if graph.neighbors.get(k))},
             "strategies": compare_strategies(graph, base, paths), "mix": mix, "items": item_stats(paths, graph)}

@@ -44,7 +44,7 @@ READER_REASONS = {
 # row instead of stopping the ingest
 INTERNAL_ERROR = "internal_error"
 
-SEED_COLUMNS = ["seed_uid", "source_row_id", "question", "answer", "choices", "subject_hint", "lang",
+SEED_COLUMNS = ["seed_uid", "source_row_id", "question", "answer", "choices", "subject_hint", "lang", "kps",
                 "_reason", "_detail"]
 
 
@@ -52,7 +52,7 @@ SEED_COLUMNS = ["seed_uid", "source_row_id", "question", "answer", "choices", "s
 class Rules:
     """Per-source mapping and limits, plain data so it pickles into the UDF."""
 
-    fields: dict[str, str | None]  # id, question, answer, choices, subject, lang -> record path
+    fields: dict[str, str | None]  # id, question, answer, choices, subject, lang, kps -> record path
     lang: str
     require_answer: bool
     max_question_chars: int
@@ -64,6 +64,8 @@ class Rules:
     max_subject_chars: int = 256
     max_lang_chars: int = 64
     max_id_chars: int = 512
+    max_kps: int = 64
+    max_kp_chars: int = 1_000
 
 
 class _Reject(Exception):
@@ -142,8 +144,8 @@ def _label_to_choice(label: str, choices: list[str] | None) -> str:
 def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, locator: str) -> dict:
     """One raw record -> seed fields; raises _Reject with a reason and a human detail.
 
-    The checks run in a fixed order (record, question, answer, choices, subject/lang, id, lengths),
-    so a row with several faults always gets the same, first, reason."""
+    The checks run in a fixed order (record, question, answer, choices, subject/lang, id, lengths,
+    knowledge points), so a row with several faults always gets the same, first, reason."""
     rec = _load_object(raw, read_error)
     f = rules.fields
     q = _question(rec, f["question"] or "question")
@@ -157,8 +159,9 @@ def parse_record(raw: str, read_error: str | None, rules: Rules, source: str, lo
     row_id = _row_id(rec, f.get("id"), locator)
     _check_lengths(q, answer, rules)
     _check_other_lengths(choices, subject, lang, row_id if f.get("id") else None, rules)
+    kps = _kps(rec, f.get("kps"), rules)
     return {"seed_uid": seed_uid(source, row_id), "source_row_id": row_id, "question": q, "answer": answer,
-            "choices": choices, "subject_hint": subject, "lang": lang or rules.lang}
+            "choices": choices, "subject_hint": subject, "lang": lang or rules.lang, "kps": kps}
 
 
 def _load_object(raw: str, read_error: str | None) -> dict:
@@ -242,6 +245,32 @@ def _no_blank_choice(choices: list[str], path: str | None) -> list[str]:
         if is_blank(c):
             raise _Reject("empty_choice", f"field 'choices[{i}]' (from {path!r}) is blank")
     return choices
+
+
+def _kps(rec: dict, path: str | None, rules: Rules) -> list[str] | None:
+    """Knowledge points the source supplies (LinkQA, ``fields.kps``): a list of strings, each
+    stripped; blank names are dropped, and none left (or unmapped, absent, null) is None: the
+    seed's KPs are then asked of the LLM. Anything but a list of strings is ``wrong_type``."""
+    v = _lookup(rec, path)
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise _Reject("wrong_type", f"field 'kps' (from {path!r}) is {type(v).__name__}, expected a list of strings")
+    if len(v) > rules.max_kps:
+        raise _Reject("too_long", f"{len(v)} knowledge points > limit {rules.max_kps} (ingest.max_kps)")
+    out: list[str] = []
+    for i, x in enumerate(v):
+        if _binary(x):
+            raise _Reject("not_utf8", f"field 'kps[{i}]' (from {path!r}) is binary data that is not UTF-8 text")
+        if not isinstance(x, str):
+            raise _Reject("wrong_type", f"field 'kps[{i}]' (from {path!r}) is {type(x).__name__}, expected string")
+        name = _check_chars(x, f"kps[{i}]", path).strip()
+        if len(name) > rules.max_kp_chars:
+            raise _Reject("too_long", f"kps[{i}] has {len(name)} chars > limit {rules.max_kp_chars} "
+                                      "(ingest.max_kp_chars)")
+        if name and not is_blank(name) and name not in out:
+            out.append(name)
+    return out or None
 
 
 def _row_id(rec: dict, id_path: str | None, locator: str) -> str:

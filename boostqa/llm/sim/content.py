@@ -4,7 +4,8 @@ Nothing here is a model. Every draw comes from a `random.Random` seeded by a sha
 (see `rng`), so the same request always gets the same content. Field semantics the pipeline
 relies on: strings named ``answer`` / ``final_answer`` end in a final answer that is usually 7
 (so independent answers to one question agree, disagree or say nothing in a fixed mix); strings
-named like ``question`` / ``prompt`` are questions; text answers to a multiple-choice prompt
+named like ``question`` / ``prompt`` are questions; strings in ``knowledge_points`` are KP names
+from a small recurring vocabulary (``KP_NAMES``); text answers to a multiple-choice prompt
 name one of its option letters.
 """
 
@@ -31,6 +32,18 @@ _WORDS = (
     "thistle", "timber", "tunnel", "valley", "velvet", "willow", "winter", "zephyr", "sample", "synthetic",
     "placeholder", "simulated", "token", "vector", "matrix", "number", "value", "method", "result", "answer",
 )
+# knowledge-point names (LinkQA's kp_extract: a string in an array named "knowledge_points"): a
+# small vocabulary drawn Zipf-like (weight 1/rank), so KPs recur across seeds and a few are popular,
+# as real ones do; free sentences would make every KP unique and the KP graph a set of cliques
+KP_NAMES = (
+    "unit conversion", "proportional reasoning", "definitions", "linear equation", "probability",
+    "conservation of energy", "cause and effect", "graph interpretation", "ratio", "classification",
+    "chronology", "estimation", "percentages", "evidence evaluation", "derivative", "modular arithmetic",
+    "rate of change", "symmetry", "counting principle", "primary sources", "equilibrium", "algebraic identity",
+    "vectors", "inequality", "recursion", "statistics", "logical inference", "exponential growth",
+    "scientific notation", "geometry of triangles", "feedback loop", "comparative analysis",
+)
+_KP_WEIGHTS = tuple(1.0 / (i + 1) for i in range(len(KP_NAMES)))
 _VERBS = ("moves", "holds", "shows", "keeps", "finds", "turns", "meets", "marks", "joins", "tests", "builds")
 _QWORDS = ("What", "Which", "How", "Why", "Where", "When")
 _MC_RE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.):])[ \t]+\S", re.MULTILINE)
@@ -222,6 +235,8 @@ class SchemaGen:
         mx = None if mx is None else int(mx)
         if name in ("answer", "final_answer"):  # answers end in a final answer that often agrees
             s = _answer(r, bare=name == "final_answer")
+        elif name == "knowledge_points":  # LinkQA KP names: a recurring vocabulary (KP_NAMES)
+            s = r.choices(KP_NAMES, weights=_KP_WEIGHTS)[0]
         elif _QUESTION_FIELD.search(name or ""):
             s = f"{r.choice(_QWORDS)} {sentence(r, 3, 7, '?').lower()}"
         elif mx is not None and mx < 24:
