@@ -70,7 +70,7 @@ BEFORE = {
 ABLATIONS = {
     "dedup": {},
     "decontam": {"after-no-span": {"decontam": {"span": {"enabled": False}}},  # exact and fuzzy spans off
-                 "after-no-fuzzy": {},  # fuzzy spans off (worker: decontam._FUZZY)
+                 "after-no-fuzzy": {"decontam": {"span": {"fuzzy_enabled": False}}},
                  "after-no-labels-choices": {"decontam": {"normalize": {"strip_labels": False},
                                                           "choice_ngrams": False}},
                  # cost of the embedding windows (only with --embed)
@@ -366,10 +366,6 @@ def worker(task: str, variant: str, work: Path, embed: bool) -> dict:
         over["benchmarks"] = [{"name": n, "path": str(bdir / f"{n}.jsonl"), "fields": {
             "id": "item_id", "question": "question", "answer": "answer", "choices": "choices"}} for n in benches]
         over["decontam"] = {"embedding": {"enabled": embed}}
-    if variant == "after-no-fuzzy":  # fuzzy spans have no config switch yet: the stage's defaults, this process only
-        from boostqa.stages import decontam as _d
-
-        _d._FUZZY["fuzzy_enabled"] = False
     if variant == "before":
         over = deep_merge(over, BEFORE[task])
     elif variant in ABLATIONS[task]:

@@ -192,6 +192,16 @@ class SpanConfig(_Model):
     min_words: int = Field(6, ge=1)  # a question of at least this many words matches on its own
     min_words_with_answer: int = Field(3, ge=1)  # shorter ones need their answer in the row too
     max_items_per_stem: int = Field(1, ge=1)  # a stem found in more benchmark questions is generic: choices needed
+    # fuzzy spans: an edited copy of a benchmark question (light edits) inside the row. Measured
+    # defaults (benchmarks/recall_bench.py): light edits 0.975 -> 1.0, no new false positive
+    fuzzy_enabled: bool = True
+    fuzzy_max_edit_rate: float = Field(0.2, ge=0, lt=1)  # word edits / question words
+    fuzzy_min_words: int = Field(15, ge=1)  # shorter questions are matched with their choices
+    fuzzy_k: int = Field(3, ge=1)  # candidate k-gram size
+    fuzzy_min_share: float = Field(0.25, gt=0, le=1)  # share of an item's k-grams the row must hold
+    fuzzy_max_items_per_gram: int = Field(20, ge=1)  # k-grams in more items carry no signal
+    fuzzy_max_words: int = Field(256, ge=1)  # longer questions are left to the n-gram detector
+    fuzzy_max_checks: int = Field(8, ge=1)  # exact span checks per row
 
 
 class DecontamConfig(_Model):

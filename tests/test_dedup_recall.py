@@ -279,3 +279,5 @@ def test_an_edited_copy_with_no_surviving_ngram_is_a_fuzzy_span(spark, make_sett
     s = flagged["short_edited"]  # matched on question + choices
     assert (s.detector, s.ngram) == ("fuzzy_span", " ".join(short_q + choices) + " [1 word edit]")
     assert flagged["verbatim"].detector == "ngram"  # an exact n-gram already says it: no fuzzy label
+    off = _decontam(spark, make_settings, tmp_path / "off", seeds, items, span={"fuzzy_enabled": False})
+    assert set(off) == {"verbatim"}  # decontam.span.fuzzy_enabled: false switches the detector off

@@ -49,11 +49,8 @@ from boostqa.text.ngrams import (contains_span, matching_ngrams, ngram_distinct_
 from boostqa.text.normalize import NormalizeOptions, words_array
 
 _BATCH_ROWS = 4096
-# fuzzy spans (an edited copy of a benchmark question of >= n words: ``_fuzzy_index``); read as
-# ``decontam.span.fuzzy_*`` when the config has those fields, else these measured defaults
-# (benchmarks/recall_bench.py: light edits 0.975 -> 1.0, no new false positive on 9,094 clean seeds)
-_FUZZY = {"fuzzy_enabled": True, "fuzzy_max_edit_rate": 0.2, "fuzzy_min_words": 15, "fuzzy_k": 3,
-          "fuzzy_min_share": 0.25, "fuzzy_max_items_per_gram": 20, "fuzzy_max_words": 256, "fuzzy_max_checks": 8}
+_FUZZY_KEYS = ("fuzzy_enabled", "fuzzy_max_edit_rate", "fuzzy_min_words", "fuzzy_k", "fuzzy_min_share",
+               "fuzzy_max_items_per_gram", "fuzzy_max_words", "fuzzy_max_checks")  # decontam.span.*
 
 
 def _joined_text(b: pa.RecordBatch, cols: list[str]) -> pa.Array:
@@ -181,7 +178,7 @@ def _span_items(ctx: StageContext, bench: DataFrame) -> list[tuple[str, str, str
 
 def _fuzzy_cfg(ctx: StageContext) -> dict:
     sp = ctx.settings.decontam.span
-    return {k: getattr(sp, k, v) for k, v in _FUZZY.items()}
+    return {k: getattr(sp, k) for k in _FUZZY_KEYS}
 
 
 def _fuzzy_index(ctx: StageContext, bench: DataFrame) -> dict | None:
