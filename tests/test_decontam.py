@@ -102,7 +102,8 @@ def test_embedding_catches_a_paraphrase_ngrams_miss(spark, make_settings, bench_
     src = {"name": "p", "path": str(tmp_path / "p.jsonl"),
            "fields": {"id": "id", "question": "question", "answer": "answer", "choices": "choices"}}
     settings = make_settings(sources=[src], benchmarks=_benchmarks(bench_files),
-                             decontam={"embedding": {"threshold": 0.85}, "min_shared_ngrams": 100})
+                             decontam={"embedding": {"threshold": 0.85}, "min_shared_ngrams": 100,
+                                       "span": {"fuzzy_enabled": False}})  # the edited span is a fuzzy_span too
     runner = Runner(settings, spark=spark)
     runner.run()
     [hit] = runner.lake.read("quarantine.contaminated").collect()

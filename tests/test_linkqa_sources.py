@@ -215,7 +215,8 @@ def test_raising_paths_tops_up_only_the_new_paths(lake_run):
         assert cov[(PATHS + 5, s)]["coverage"] == pytest.approx(by["kp_walk"].stats[f"linkqa.coverage.{s}"])
         assert cov[(PATHS + 5, s)]["strategy_paths"] == PATHS + 5
     mix = lake.read("gold.kp_walk_mix").where(F.col("paths") == PATHS + 5).collect()
-    assert sum(r["achieved"] for r in mix) == pytest.approx(1.0) and sum(r["target"] for r in mix) == pytest.approx(1.0)
+    assert sum(r["achieved"] for r in mix) == pytest.approx(1.0, abs=1e-3)  # shares rounded to 4 places
+    assert sum(r["target"] for r in mix) == pytest.approx(1.0, abs=1e-3)
     assert all(r["tvd"] == pytest.approx(by["kp_walk"].stats["linkqa.mix_tvd"]) for r in mix)
     # the same budget again: nothing walked, nothing asked
     calls2 = sim_requests(llm.running_simulator())
