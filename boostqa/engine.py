@@ -76,6 +76,19 @@ def _jvm(cfg: EngineConfig) -> SparkSession:
     if importlib.util.find_spec("py4j") is None:  # pyspark-client has no JVM gateway
         raise EngineError("engine.kind=spark needs full pyspark: pip install 'boostqa[spark]' "
                           "in its own environment (pyspark-client cannot start a JVM)")
+    # markers an earlier Connect session left in this process would turn the builder into a Connect one
+    for marker in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+        os.environ.pop(marker, None)
+    conf = dict(cfg.conf)
+    if not {"spark.jars", "spark.jars.packages"} & conf.keys():  # the project's cached jars, not Ivy
+        from boostqa import jvm
+
+        try:
+            conf["spark.jars"] = ",".join(str(p) for p in jvm.delta_jars(emit=lambda m: print(m, file=sys.stderr)))
+        except jvm.JvmError as e:
+            raise EngineError(f"engine.kind=spark: {e}; or set engine.conf spark.jars") from e
+    for k, v in conf.items():
+        builder = builder.config(k, v)
     builder = (builder.master(cfg.master).appName("boostqa")
                .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
                .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
@@ -84,7 +97,9 @@ def _jvm(cfg: EngineConfig) -> SparkSession:
                .config("spark.ui.enabled", "false"))
     spark = builder.getOrCreate()
     try:  # fail now, not at the first Delta write, when the connector jars are missing
-        spark._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        # spark.jars sit on Spark's own class loader, not the system one Class.forName would ask
+        loader = spark._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass("io.delta.sql.DeltaSparkSessionExtension")
     except Exception as e:  # py4j raises its own error types
         spark.stop()
         raise EngineError("Delta connector is not on the Spark classpath: pass the delta-spark jars "

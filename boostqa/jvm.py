@@ -74,23 +74,41 @@ def fetch(root: Path | None = None, emit=print) -> Path:
         raise JvmError(f"JVM Spark needs Java 17+ and Maven: {why}")
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(str(root / ".lock")):
-        venv, jars = root / "venv", root / "jars"
+        venv = root / "venv"
         if not (_site(venv) / "pyspark" / "jars" / f"spark-connect_2.13-{SPARK_VERSION}.jar").exists():
             emit(f"[jvm] creating {venv} with pyspark=={SPARK_VERSION} (~400 MB, once)")
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
             _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                   f"pyspark=={SPARK_VERSION}"], "pip install pyspark")
-        for coord in DELTA_JARS:
-            group, artifact, version = coord.split(":")
-            if not (jars / f"{artifact}-{version}.jar").exists():
-                emit(f"[jvm] mvn dependency:copy {coord}")
-                _run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coord}", f"-DoutputDirectory={jars}"],
-                     f"mvn dependency:copy {coord}", cwd=root)
+        _copy_jars(root, emit)
         # the worker interpreter sees this environment's packages after its own pyspark
         here = [sysconfig.get_paths()["purelib"], str(Path(__file__).resolve().parent.parent)]
         (_site(venv) / "zz_boostqa_caller.pth").write_text("\n".join(here) + "\n")
     return root
+
+
+def _copy_jars(root: Path, emit=print) -> list[Path]:
+    jars = root / "jars"
+    for coord in DELTA_JARS:
+        group, artifact, version = coord.split(":")
+        if not (jars / f"{artifact}-{version}.jar").exists():
+            emit(f"[jvm] mvn dependency:copy {coord}")
+            _run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coord}", f"-DoutputDirectory={jars}"],
+                 f"mvn dependency:copy {coord}", cwd=root)
+    return [jars / f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in DELTA_JARS]
+
+
+def delta_jars(root: Path | None = None, emit=print) -> list[Path]:
+    """The Delta jars in the project's cache, copied from Maven Central once (locked): what a
+    classic ``engine.kind: spark`` session hands to Spark as ``spark.jars``."""
+    root = root or cache_root()
+    if shutil.which("mvn") is None and not all((root / "jars" / f"{c.split(':')[1]}-{c.split(':')[2]}.jar").exists()
+                                                for c in DELTA_JARS):
+        raise JvmError("the Delta jars are not in the cache and `mvn` is not on PATH to fetch them")
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(str(root / ".lock")):
+        return _copy_jars(root, emit)
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:

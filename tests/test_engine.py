@@ -45,3 +45,16 @@ def test_remote_without_url_is_a_clear_error(monkeypatch):
 def test_jvm_engine_without_full_pyspark_is_a_clear_error():
     with pytest.raises(engine.EngineError, match=r"boostqa\[spark\]"):
         engine.get_spark(EngineConfig(kind="spark"))
+
+
+def test_delta_jars_come_from_the_cache_and_need_mvn_only_to_fill_it(tmp_path, monkeypatch):
+    from boostqa import jvm
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no mvn
+    with pytest.raises(jvm.JvmError, match="mvn"):
+        jvm.delta_jars(tmp_path / "empty")
+    names = [f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in jvm.DELTA_JARS]
+    for name in names:  # a filled cache: no Maven call, the jars in order
+        (tmp_path / "full" / "jars").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "full" / "jars" / name).write_bytes(b"PK")
+    assert [p.name for p in jvm.delta_jars(tmp_path / "full")] == names

@@ -1,12 +1,23 @@
-"""Engine parity: the same stages on the embedded engine (LakeSail) and on Apache Spark 4 on the
-JVM with Delta Lake (a Spark Connect server, `boostqa.jvm`), each on its own lake; every table
-must match by key and content (run ids, timestamps and latencies aside). Python UDFs really ship:
-the JVM runs them in its own Python workers, and the LLM stage's workers call the simulator over
-loopback. The first run on a machine fetches pyspark and the Delta jars (~400 MB) into the cache.
+"""Engine parity: the whole pipeline on three engines, each on its own lake, and every table must
+match by key and content (run ids, timestamps and latencies aside):
+
+- embedded: LakeSail in this process (the reference);
+- JVM Spark through Spark Connect: Apache Spark 4 + Delta as a Connect server (`boostqa.jvm`) on
+  ``local-cluster[2,1,1024]``, so executors are separate JVMs and Python UDFs really ship;
+- classic JVM Spark: ``engine.kind: spark`` (py4j, ``local[2]``, Delta jars from the project's
+  cache as ``spark.jars``), run by ``tests/jvm_classic_leg.py`` in the private virtualenv with full
+  pyspark, since this environment's pyspark-client cannot start a JVM.
+
+The LLM stages' workers call the simulator over loopback. The first run on a machine fetches
+pyspark and the Delta jars (~400 MB) into the cache.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,12 +47,16 @@ KEYS = {"ref.bench_embeddings": "item_id", "bronze.seeds": "record_key", "quaran
 
 
 @pytest.fixture(scope="module")
-def connect_server(request):
+def jvm_root(request) -> Path:
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():
-        root = jvm.fetch()
+        return jvm.fetch()
+
+
+@pytest.fixture
+def connect_server(jvm_root):
     # two workers of one core each: executors are separate JVMs, so Python UDFs and the Delta jars ship
-    srv = jvm.ConnectServer(root, master="local-cluster[2,1,1024]").launch()  # starts while embedded runs
+    srv = jvm.ConnectServer(jvm_root, master="local-cluster[2,1,1024]").launch()  # starts while embedded runs
     try:
         yield srv
     finally:
@@ -102,12 +117,36 @@ def _run(root: Path, base: dict, engine_cfg: dict) -> dict[str, dict]:
     return out
 
 
-def test_embedded_and_jvm_spark_write_the_same_tables(connect_server, tmp_path, _engine):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, _engine):
+    """The seeds, settings and tables of the embedded run, which the JVM legs must reproduce."""
+    root = tmp_path_factory.mktemp("parity")
+    base = _seeds(root)
+    want = _run(root / "embedded", base, {"kind": "embedded"})
+    assert len(want["silver.seeds_annotated"]) == 24 and want["quarantine.contaminated"]
+    assert want["quarantine.seeds"] and want["quarantine.duplicates"] and want["silver.seed_clusters"]
+    for name in ("gold.boostqa", "gold.mix", "gold.token_ledger", "ops.exports", "silver.kp_paths", "quarantine.synth"):
+        assert want[name], name  # the later stages really produced rows
+    assert set(KEYS) <= want.keys()
+    return root, base, want
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        if name in KEYS:
+            assert got[name].keys() == want[name].keys(), name
+            for k in want[name]:
+                assert got[name][k] == want[name][k], (name, k)
+        else:
+            assert got[name] == want[name], name
+
+
+def test_jvm_spark_through_connect_writes_the_same_tables(connect_server, reference):
     from boostqa import engine
     from boostqa.config import EngineConfig
 
-    base = _seeds(tmp_path)
-    want = _run(tmp_path / "embedded", base, {"kind": "embedded"})
+    root, base, want = reference
     embedded = engine.get_spark()
     remote_cfg = {"kind": "remote", "remote": connect_server.wait_ready().url}
     remote = engine.get_spark(EngineConfig(**remote_cfg))  # the session the runner gets too
@@ -116,21 +155,32 @@ def test_embedded_and_jvm_spark_write_the_same_tables(connect_server, tmp_path, 
         assert engine.get_spark() is embedded  # a remote session does not shadow the embedded one
         # pyspark-client 4.2 asks a 4.0 server for settings it lacks before sending local rows
         assert remote.createDataFrame([(1, "a")], "n int, s string").collect()[0]["s"] == "a"
-        got = _run(tmp_path / "jvm", base, remote_cfg)
+        got = _run(root / "jvm", base, remote_cfg)
     finally:
         remote.stop()
     assert engine.get_spark() is embedded
-    assert len(want["silver.seeds_annotated"]) == 24 and want["quarantine.contaminated"]
-    assert want["quarantine.seeds"] and want["quarantine.duplicates"] and want["silver.seed_clusters"]
-    for name in ("gold.boostqa", "gold.mix", "gold.token_ledger", "ops.exports", "silver.kp_paths", "quarantine.synth"):
-        assert want[name], name  # the later stages really produced rows
-    # shards written by each engine (ops.exports' shard, row and token counts are compared below)
-    assert list((tmp_path / "jvm" / "exports").glob("mix-v*/manifest.json"))
-    assert set(KEYS) <= want.keys() and got.keys() == want.keys()
-    for name in want:
-        if name in KEYS:
-            assert got[name].keys() == want[name].keys(), name
-            for k in want[name]:
-                assert got[name][k] == want[name][k], (name, k)
-        else:
-            assert got[name] == want[name], name
+    # shards written by each engine (ops.exports' shard, row and token counts are compared)
+    assert list((root / "jvm" / "exports").glob("mix-v*/manifest.json"))
+    _assert_same(got, want)
+
+
+def test_classic_jvm_spark_writes_the_same_tables(jvm_root, reference):
+    """``engine.kind: spark`` in a child process of the private virtualenv; it pickles the tables
+    it read back, in the same normal form."""
+    root, base, want = reference
+    python = jvm_root / "venv" / "bin" / "python"
+    (root / "classic").mkdir()
+    (root / "classic" / "base.json").write_text(json.dumps(base))
+    # no Spark settings of this process, except the marker its Connect sessions leave: kind spark must
+    # still start a classic session (the engine drops the marker)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("SPARK_", "PYSPARK_"))}
+    env["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    log = root / "classic" / "leg.log"
+    with open(log, "w") as out:
+        proc = subprocess.run([str(python), str(Path(__file__).with_name("jvm_classic_leg.py")), str(root / "classic")],
+                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    leg = pickle.loads((root / "classic" / "tables.pkl").read_bytes())
+    assert leg["pyspark"].startswith("4.0") and leg["classic"]  # a py4j session, not pyspark-client
+    assert list((root / "classic" / "exports").glob("mix-v*/manifest.json"))
+    _assert_same(leg["tables"], want)
