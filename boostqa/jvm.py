@@ -88,23 +88,26 @@ def fetch(root: Path | None = None, emit=print) -> Path:
     return root
 
 
+def _jar(root: Path, coord: str) -> Path:
+    """Where ``mvn dependency:copy`` puts the jar of a ``group:artifact:version`` coordinate."""
+    _, artifact, version = coord.split(":")
+    return root / "jars" / f"{artifact}-{version}.jar"
+
+
 def _copy_jars(root: Path, emit=print) -> list[Path]:
-    jars = root / "jars"
     for coord in DELTA_JARS:
-        group, artifact, version = coord.split(":")
-        if not (jars / f"{artifact}-{version}.jar").exists():
+        if not _jar(root, coord).exists():
             emit(f"[jvm] mvn dependency:copy {coord}")
-            _run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coord}", f"-DoutputDirectory={jars}"],
+            _run(["mvn", "-q", "-B", "dependency:copy", f"-Dartifact={coord}", f"-DoutputDirectory={root / 'jars'}"],
                  f"mvn dependency:copy {coord}", cwd=root)
-    return [jars / f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in DELTA_JARS]
+    return [_jar(root, c) for c in DELTA_JARS]
 
 
 def delta_jars(root: Path | None = None, emit=print) -> list[Path]:
     """The Delta jars in the project's cache, copied from Maven Central once (locked): what a
     classic ``engine.kind: spark`` session hands to Spark as ``spark.jars``."""
     root = root or cache_root()
-    if shutil.which("mvn") is None and not all((root / "jars" / f"{c.split(':')[1]}-{c.split(':')[2]}.jar").exists()
-                                                for c in DELTA_JARS):
+    if shutil.which("mvn") is None and not all(_jar(root, c).exists() for c in DELTA_JARS):
         raise JvmError("the Delta jars are not in the cache and `mvn` is not on PATH to fetch them")
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(str(root / ".lock")):

@@ -29,7 +29,7 @@ def main(root: Path) -> None:
     from boostqa.config import EngineConfig
 
     spark = eng.get_spark(EngineConfig(**engine))
-    classic = hasattr(spark, "sparkContext") and spark.sparkContext is not None  # Connect sessions have none
+    classic = type(spark).__module__ == "pyspark.sql.session"  # not pyspark.sql.connect.session
     spark.stop()
     (root / "tables.pkl").write_bytes(pickle.dumps({"pyspark": pyspark.__version__, "classic": classic,
                                                      "tables": tables}))

@@ -53,8 +53,8 @@ def test_delta_jars_come_from_the_cache_and_need_mvn_only_to_fill_it(tmp_path, m
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no mvn
     with pytest.raises(jvm.JvmError, match="mvn"):
         jvm.delta_jars(tmp_path / "empty")
-    names = [f"{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in jvm.DELTA_JARS]
+    names = ["delta-spark_2.13-4.0.0.jar", "delta-storage-4.0.0.jar"]  # mvn dependency:copy's file names
+    (tmp_path / "full" / "jars").mkdir(parents=True)
     for name in names:  # a filled cache: no Maven call, the jars in order
-        (tmp_path / "full" / "jars").mkdir(parents=True, exist_ok=True)
         (tmp_path / "full" / "jars" / name).write_bytes(b"PK")
-    assert [p.name for p in jvm.delta_jars(tmp_path / "full")] == names
+    assert jvm.delta_jars(tmp_path / "full") == [tmp_path / "full" / "jars" / n for n in names]
