@@ -36,6 +36,9 @@ class EngineConfig(_Model):
     remote: str | None = None  # kind=remote: sc://host:port (or env SPARK_REMOTE)
     shuffle_partitions: int = Field(4, ge=1)
     conf: dict[str, str] = {}  # extra Spark conf set on the session
+    # embedded: freed memory goes back to the OS at once instead of staying cached in the allocators
+    # (set when the in-process server first starts; peak RSS of the 200k dedup 2.2 -> 1.5 GB, ~10 % slower)
+    release_memory: bool = True
 
 
 class LakeConfig(_Model):

@@ -30,11 +30,29 @@ _server = None  # the in-process Sail server, shared by every embedded session o
 _sessions: list[SparkSession] = []  # stopped before the server, else the client retries for a minute at exit
 
 
-def _start_sail() -> int:
+def _release_memory_promptly() -> None:
+    """Freed memory goes back to the OS at once. Sail and pyarrow allocate with mimalloc, which
+    keeps freed pages cached for reuse, so the process stayed at the high-water mark of every step
+    it had run (200k-document dedup: peak RSS 2.2 GB; with purge delay 0: 1.5 GB, ~10 % slower).
+    The UDF threads' numpy buffers come from glibc, whose per-thread arenas are capped at two. An
+    environment setting of either variable wins; must run before pysail's native code loads."""
+    os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+    if "MALLOC_ARENA_MAX" not in os.environ and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX; affects the threads started after it
+        except (OSError, AttributeError):  # not glibc (musl): nothing to cap
+            pass
+
+
+def _start_sail(cfg: EngineConfig) -> int:
     global _server
     with _lock:
         if _server is None:
             os.environ.setdefault("RUST_LOG", "error")  # Sail logs every session at INFO otherwise
+            if cfg.release_memory:
+                _release_memory_promptly()
             from pysail.spark import SparkConnectServer
 
             server = SparkConnectServer("127.0.0.1", 0)  # free loopback port
@@ -45,7 +63,7 @@ def _start_sail() -> int:
 
 
 def _embedded(cfg: EngineConfig) -> SparkSession:
-    port = _start_sail()
+    port = _start_sail(cfg)
     with _lock:
         spark = _own_session(f"sc://127.0.0.1:{port}")
         if spark not in _sessions:

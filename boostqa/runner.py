@@ -488,12 +488,23 @@ class Runner:
         kept = staged.where(F.col("_outcome") == "kept").select(*[c for c in staged.columns if not c.startswith("_")])
         # outputs may gain columns between versions of boostqa: added to the table, old rows read null
         if stage.mode == "overwrite":
-            if self.lake.exists(stage.output):
-                self.lake.overwrite(kept, stage.output, evolve=True)
-            else:
+            if not self.lake.exists(stage.output):
                 self.lake.append(kept, stage.output)
+            elif not self._same_snapshot(kept, stage.output):
+                self.lake.overwrite(kept, stage.output, evolve=True)
         elif n_kept or not self.lake.exists(stage.output):
             self.lake.insert_new(kept, stage.output, list(stage.key), evolve=True)
+
+    def _same_snapshot(self, kept: DataFrame, name: str) -> bool:
+        """The snapshot a rerun rebuilt equals the table's content, run ids aside: then it is not
+        written, so an unchanged snapshot does not become a new Delta version (and a dataset
+        version in MLflow) on every run."""
+        current = self.lake.read(name)
+        if set(current.columns) != set(kept.columns):
+            return False
+        cols = sorted(c for c in kept.columns if c != "run_id")
+        a, b = kept.select(*cols), current.select(*cols)
+        return not a.exceptAll(b).limit(1).count() and not b.exceptAll(a).limit(1).count()
 
     @staticmethod
     def _rejected_rows(stage: Stage, ctx: StageContext, staged: DataFrame) -> DataFrame:

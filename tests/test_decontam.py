@@ -153,3 +153,31 @@ def test_low_information_ngrams_are_ignored(spark, make_settings, tmp_path):
         runner = Runner(settings, spark=spark)
         runner.run(["ingest", "bench", "dedup", "decontam"])
         assert runner.lake.read("quarantine.contaminated").count() == flagged
+
+
+def test_matching_gram_kernel_emits_exactly_the_shared_ngrams():
+    """The rows' n-gram kernel keeps only n-grams the benchmark has, one row per distinct
+    (row, n-gram): the same set as exploding every n-gram and joining, without the explosion."""
+    import numpy as np
+    import pyarrow as pa
+
+    from boostqa.stages.decontam import _matching_gram_kernel
+    from boostqa.text.ngrams import ngram_hashes
+    from boostqa.text.normalize import NormalizeOptions, words_array
+
+    opts = NormalizeOptions()
+    bench = ["the quick brown fox jumps over the lazy dog today", "one two three four five six seven eight nine ten"]
+    rows = ["a the quick brown fox jumps over the lazy dog today b the quick brown fox jumps over the lazy dog today",
+            "nothing in common here at all with any benchmark item of ours", "",
+            "x one two three four five six seven eight nine ten y", None]
+    bh = ngram_hashes(words_array(pa.array(bench), opts), 10).flatten().to_numpy().astype(np.int64)
+    wanted = np.unique(bh)
+    batch = pa.RecordBatch.from_arrays([pa.array([f"r{i}" for i in range(len(rows))]), pa.array(rows, pa.string())],
+                                       names=["k", "q"])
+    out = list(_matching_gram_kernel("k", ["q"], 10, opts, wanted)([batch]))
+    got = sorted((k, h) for b in out for k, h in zip(b.column("k").to_pylist(), b.column("hash").to_pylist()))
+    rh = ngram_hashes(words_array(pa.array([r or "" for r in rows]), opts), 10).to_pylist()
+    truth = sorted({(f"r{i}", h) for i, hs in enumerate(rh) for h in (hs or []) if h in set(wanted.tolist())})
+    assert got == truth
+    assert {k for k, _ in got} == {"r0", "r3"} and sum(k == "r0" for k, _ in got) == 1  # distinct per row
+    assert list(_matching_gram_kernel("k", ["q"], 10, opts, np.array([], np.int64))([batch])) == []

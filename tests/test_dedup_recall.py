@@ -281,3 +281,63 @@ def test_an_edited_copy_with_no_surviving_ngram_is_a_fuzzy_span(spark, make_sett
     assert flagged["verbatim"].detector == "ngram"  # an exact n-gram already says it: no fuzzy label
     off = _decontam(spark, make_settings, tmp_path / "off", seeds, items, span={"fuzzy_enabled": False})
     assert set(off) == {"verbatim"}  # decontam.span.fuzzy_enabled: false switches the detector off
+
+
+# ---------------------------------------------------------------- memory-lean paths (issue 15)
+
+def test_band_pair_counts_by_groups_equal_a_brute_force_count(spark):
+    """Pairs sharing >= k bands, counted on 64-bit keys a band group at a time, are exactly the
+    pairs a brute-force count over (band, hash) finds, new-new once and new-indexed once."""
+    from itertools import combinations
+
+    from pyspark.sql import functions as F
+
+    from boostqa.stages import lsh
+
+    rng = random.Random(7)
+    new = {f"n{i:02d}": [rng.randint(0, 3) for _ in range(8)] for i in range(30)}  # few values: many collisions
+    old = {f"o{i:02d}": [rng.randint(0, 3) for _ in range(8)] for i in range(20)}
+    sk = spark.createDataFrame([(k, v) for k, v in new.items()], "seed_uid string, bands array<bigint>")
+    index = spark.createDataFrame([(k, b, h) for k, v in old.items() for b, h in enumerate(v)],
+                                  "seed_uid string, band int, band_hash bigint")
+    rows = {**new, **old}
+    truth = {}
+    for a, b in combinations(sorted(rows), 2):
+        if a in old and b in old:
+            continue  # two indexed rows were compared when the later one was new
+        shared = sum(x == y for x, y in zip(rows[a], rows[b]))
+        if shared >= 3:
+            truth[(a, b)] = shared
+    for groups in (1, 4):
+        got = {(r["a"], r["b"]): r["shared"] for r in
+               lsh.band_pair_counts(sk, index, min_shared=3, groups=groups).collect()}
+        assert got == truth, groups
+    assert len(truth) > 20  # the case is not trivially empty
+    # without an index: only the new rows' pairs
+    alone = {(r["a"], r["b"]) for r in lsh.band_pair_counts(sk, None, 3, 2).where(F.col("shared") >= 3).collect()}
+    assert alone == {p for p in truth if p[0] in new and p[1] in new}
+
+
+def test_one_pass_sketches_equal_the_separate_passes(spark):
+    """sketches(recall=True, passthrough=...) gives the same seed_id, signature, bands and recall
+    bands as the two separate kernels, with the other columns carried along unchanged."""
+    from boostqa.config import load_settings
+    from boostqa.stages import lsh
+
+    cfg = load_settings("local", environ={}).dedup
+    rng = random.Random(3)
+    data = [(f"s{i}", " ".join(_text(rng, rng.randint(0, 40))), None if i % 5 == 0 else " ".join(_text(rng, 6)),
+             ["x", "y"] if i % 2 else None, float(i)) for i in range(60)]
+    rows = spark.createDataFrame(data, "seed_uid string, question string, answer string, choices array<string>, "
+                                       "source_weight double")
+    one = {r["seed_uid"]: r for r in lsh.sketches(rows, cfg, recall=True,
+                                                  passthrough=tuple(rows.columns)).collect()}
+    main = {r["seed_uid"]: r for r in lsh.sketches(rows, cfg).collect()}
+    rec = {r["seed_uid"]: r for r in lsh.recall_sketches(rows, cfg).collect()}
+    assert set(one) == set(main) == set(rec) == {d[0] for d in data}
+    for uid, q, a, ch, w in data:
+        r = one[uid]
+        assert (r["seed_id"], list(r["minhash"]), list(r["bands"])) == \
+            (main[uid]["seed_id"], list(main[uid]["minhash"]), list(main[uid]["bands"]))
+        assert list(r["recall_bands"]) == list(rec[uid]["recall_bands"])
+        assert (r["question"], r["answer"], r["choices"], r["source_weight"]) == (q, a, ch, w)

@@ -58,3 +58,16 @@ def test_delta_jars_come_from_the_cache_and_need_mvn_only_to_fill_it(tmp_path, m
     for name in names:  # a filled cache: no Maven call, the jars in order
         (tmp_path / "full" / "jars" / name).write_bytes(b"PK")
     assert jvm.delta_jars(tmp_path / "full") == [tmp_path / "full" / "jars" / n for n in names]
+
+
+def test_release_memory_sets_allocator_options_unless_the_environment_has_them(monkeypatch):
+    """The embedded engine asks mimalloc to return freed pages at once (purge delay 0): the 200k
+    dedup's peak RSS fell from 2.2 to 1.5 GB. A value the user exported is kept."""
+    from boostqa import engine
+
+    monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    engine._release_memory_promptly()
+    assert engine.os.environ["MIMALLOC_PURGE_DELAY"] == "0"
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "250")
+    engine._release_memory_promptly()
+    assert engine.os.environ["MIMALLOC_PURGE_DELAY"] == "250"

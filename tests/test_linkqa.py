@@ -213,11 +213,13 @@ def linkqa_run(_engine, tmp_path_factory):
     _, first = runner.run(LINKQA)
     sim = llm.running_simulator()
     calls_after_first = sim_requests(sim)
+    nodes_version = runner.lake.version("gold.kp_nodes")
     _, second = runner.run(LINKQA)
     calls_after_second = sim_requests(llm.running_simulator())
     llm.stop_simulator()
     return {"runner": runner, "first": {r.stage: r for r in first}, "second": {r.stage: r for r in second},
-            "calls": (calls_after_first, calls_after_second)}
+            "calls": (calls_after_first, calls_after_second),
+            "kp_nodes_versions": (nodes_version, runner.lake.version("gold.kp_nodes"))}
 
 
 def test_linkqa_end_to_end(linkqa_run):
@@ -290,6 +292,9 @@ def test_linkqa_rerun_makes_no_new_calls(linkqa_run):
     lake = linkqa_run["runner"].lake
     assert lake.read("silver.kp_paths").count() == 12 and lake.read("silver.synth_plan").count() == 12
     assert lake.read("gold.kp_nodes").select("graph_id").distinct().count() == 1
+    # the rebuilt snapshot equals the stored one: no new Delta version of it
+    before_v, after_v = linkqa_run["kp_nodes_versions"]
+    assert before_v is not None and after_v == before_v
 
 
 def test_linkqa_off_by_default(make_settings):

@@ -198,3 +198,19 @@ def test_staging_of_dead_runs_is_cleared_by_the_next_run(spark, make_settings):
     (dead / "part.parquet").write_bytes(b"x")
     runner.run_stage(TOY, "next-run")
     assert not dead.parent.exists()
+
+
+def test_an_unchanged_snapshot_is_not_rewritten(spark, make_settings):
+    """A snapshot stage's output is compared with the table, run ids aside: equal content writes
+    nothing (no new Delta version), a changed value or a new column writes a new version."""
+    runner = Runner(make_settings(), spark=spark)
+    lake = runner.lake
+    rows = [("a", 1, [1.0, 2.0], "r1"), ("b", 2, None, "r1")]
+    schema = "k string, n int, xs array<double>, run_id string"
+    lake.append(spark.createDataFrame(rows, schema), "gold.snap")
+    assert runner._same_snapshot(spark.createDataFrame([r[:3] + ("r2",) for r in reversed(rows)], schema), "gold.snap")
+    assert not runner._same_snapshot(spark.createDataFrame([rows[0], ("b", 3, None, "r1")], schema), "gold.snap")
+    assert not runner._same_snapshot(spark.createDataFrame(rows[:1], schema), "gold.snap")  # a row fewer
+    assert not runner._same_snapshot(spark.createDataFrame(rows + rows[:1], schema), "gold.snap")  # a copy more
+    assert not runner._same_snapshot(spark.createDataFrame([r + (0,) for r in rows], schema + ", extra int"),
+                                     "gold.snap")

@@ -44,11 +44,11 @@ from pyspark.sql import types as T
 from boostqa.stages.base import Stage, StageContext, StageError
 from boostqa.stages.bench_embed import embedder_config, embedding_text, model_name
 from boostqa.text.embed import make_embedder, max_cosine
-from boostqa.text.ngrams import (contains_span, matching_ngrams, ngram_distinct_words, ngram_hashes, ngram_hashes_multi,
-                                  span_edit_distance)
+from boostqa.text.ngrams import (contains_span, list_parts, matching_ngrams, ngram_distinct_words, ngram_hashes,
+                                  ngram_hashes_multi, span_edit_distance)
 from boostqa.text.normalize import NormalizeOptions, words_array
 
-_BATCH_ROWS = 4096
+_BATCH_ROWS = 1024
 _FUZZY_KEYS = ("fuzzy_enabled", "fuzzy_max_edit_rate", "fuzzy_min_words", "fuzzy_k", "fuzzy_min_share",
                "fuzzy_max_items_per_gram", "fuzzy_max_words", "fuzzy_max_checks")  # decontam.span.*
 
@@ -97,6 +97,30 @@ def _grams(df: DataFrame, key: str, cols: list[str], n: int, opts: NormalizeOpti
             .select(key, F.explode("hashes").alias("hash")).distinct())
 
 
+def _matching_gram_kernel(key: str, cols: list[str], n: int, opts: NormalizeOptions, wanted: np.ndarray):
+    """mapInArrow kernel: (key, hash) for each distinct n-gram of a row that is in ``wanted``
+    (sorted benchmark n-gram hashes). Rows' n-grams never leave the kernel otherwise: at 200k rows
+    the exploded (row, n-gram) table was ~12M rows for a few thousand matches."""
+    def grams(batches):
+        for batch in batches:
+            for start in range(0, batch.num_rows, _BATCH_ROWS):
+                b = batch.slice(start, _BATCH_ROWS)
+                offs, flat, _ = list_parts(ngram_hashes(words_array(_joined_text(b, cols), opts), n))
+                hv = flat.to_numpy(zero_copy_only=False).astype(np.int64)
+                if not len(hv) or not len(wanted):
+                    continue
+                pos = np.minimum(np.searchsorted(wanted, hv), len(wanted) - 1)
+                hit = np.flatnonzero(wanted[pos] == hv)
+                if not len(hit):
+                    continue
+                row = np.searchsorted(offs, hit, side="right") - 1
+                pairs = np.unique(np.stack([row, hv[hit]]), axis=1)  # distinct (row, n-gram)
+                yield pa.RecordBatch.from_arrays([pc.take(b.column(key), pa.array(pairs[0])),
+                                                  pa.array(pairs[1], pa.int64())], names=[key, "hash"])
+
+    return grams
+
+
 def _ngram_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, cols: list[str]) -> DataFrame:
     cfg = ctx.settings.decontam
     opts = NormalizeOptions(**cfg.normalize.model_dump())
@@ -105,9 +129,14 @@ def _ngram_hits(ctx: StageContext, rows: DataFrame, bench: DataFrame, key: str, 
         bench_grams = bench_grams.unionByName(
             _grams(bench.where(F.size("choices") > 0), "item_id", ["question", "choices"], cfg.ngram, opts,
                    cfg.min_distinct_words)).distinct()
-    bench_grams = bench_grams.join(bench.select("item_id", "benchmark"), "item_id")
-    row_grams = _grams(rows, key, cols, cfg.ngram, opts)
-    hits = (row_grams.join(F.broadcast(bench_grams), "hash")
+    bench_grams = ctx.checkpoint(bench_grams.join(bench.select("item_id", "benchmark"), "item_id"))
+    # benchmark-sized (~1M hashes, 8 MB for MMLU + GSM8K): shipped to the rows' kernel, which emits
+    # only the n-grams a benchmark has
+    wanted = np.unique(bench_grams.select("hash").distinct().toPandas()["hash"].to_numpy(dtype=np.int64))
+    ctx.stats.set("bench_ngrams", len(wanted))
+    schema = T.StructType([T.StructField(key, T.StringType()), T.StructField("hash", T.LongType())])
+    row_grams = rows.select(key, *cols).mapInArrow(_matching_gram_kernel(key, cols, cfg.ngram, opts, wanted), schema)
+    hits = (row_grams.join(bench_grams, "hash")
             .groupBy(key, "benchmark", "item_id").agg(F.count("*").alias("shared"), F.min("hash").alias("hash"))
             .where(F.col("shared") >= cfg.min_shared_ngrams))
     best = Window.partitionBy(key).orderBy(F.col("shared").desc(), "benchmark", "item_id")

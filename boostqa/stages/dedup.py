@@ -74,6 +74,8 @@ def _policy_order(ctx: StageContext) -> list:
 # the 200k benchmark corpus one band gave ~8.9M band collisions (quadratic in the corpus) and an
 # 11 GB verify join.
 _RECALL_MIN_SHARED_BANDS = 2
+# the recall bands are joined a quarter at a time (peak memory of the pair count; see lsh.band_pair_counts)
+_RECALL_BAND_GROUPS = 4
 
 
 def _recall_edges(ctx: StageContext, rsk: DataFrame, index: DataFrame | None, texts: DataFrame,
@@ -90,8 +92,9 @@ def _recall_edges(ctx: StageContext, rsk: DataFrame, index: DataFrame | None, te
         index = back if index is None else index.select("seed_uid", "band", "band_hash").unionByName(back)
     min_bands = getattr(cfg.recall, "min_shared_bands", _RECALL_MIN_SHARED_BANDS)
     ctx.stats.set("recall.min_shared_bands", min_bands)
-    cand = lsh.band_pair_counts(rsk.withColumnRenamed("recall_bands", "bands"), index) \
-        .where(F.col("shared") >= min_bands).select("a", "b").join(known, ["a", "b"], "left_anti")
+    cand = lsh.band_pair_counts(rsk.withColumnRenamed("recall_bands", "bands"), index, min_bands,
+                                _RECALL_BAND_GROUPS, ctx.checkpoint) \
+        .select("a", "b").join(known, ["a", "b"], "left_anti")
     cand = ctx.checkpoint(lsh.token_similarities(cand, texts, cfg))
     r = cand.agg(F.count("*").alias("n"), F.sum((F.col("token_similarity") >= cfg.recall.token_similarity)
                                                  .cast("long")).alias("v")).first()
@@ -156,14 +159,19 @@ def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = Non
               signatures: DataFrame | None = None, recall_bands: DataFrame | None = None) -> DataFrame:
     cfg = ctx.settings.dedup
     new = seeds.select(*[c for c in SEED_COLUMNS if c != "seed_id"])
-    sk = ctx.checkpoint(lsh.sketches(new, cfg))
+    # one pass over the text: sketches (and recall bands) with the seed columns carried along, so
+    # the output needs no join of the wide rows with their wide sketches
+    rows = ctx.checkpoint(lsh.sketches(new, cfg, recall=cfg.recall.enabled, passthrough=tuple(new.columns)))
+    if not cfg.recall.enabled:
+        rows = rows.withColumn("recall_bands", F.lit(None).cast("array<bigint>"))
+    sk = rows.select("seed_uid", "seed_id", "minhash", "bands")
     ex = ctx.existing.select("seed_uid", "seed_id", "source", "answer", "cluster_id") \
         if ctx.existing is not None else None
     sigs = lsh.signatures(sk, signatures)
     rsk = texts = None
     if cfg.recall.enabled:
-        rsk = ctx.checkpoint(lsh.recall_sketches(new, cfg))
-        texts = new.select("seed_uid", "question", "answer")
+        rsk = rows.select("seed_uid", "recall_bands")
+        texts = rows.select("seed_uid", "question", "answer")
         if ctx.existing is not None:
             texts = texts.unionByName(ctx.existing.select("seed_uid", "question", "answer"))
         rb, rr = lsh.recall_shape(cfg)
@@ -178,12 +186,10 @@ def transform(ctx: StageContext, seeds: DataFrame, bands: DataFrame | None = Non
     rep_ids = sk.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id"))
     if ex is not None:
         rep_ids = rep_ids.unionByName(ex.select(F.col("seed_uid").alias("_rep"), F.col("seed_id").alias("_rep_seed_id")))
-    if rsk is not None:
-        sk = sk.join(rsk, "seed_uid", "left")
-    else:
-        sk = sk.withColumn("recall_bands", F.lit(None).cast("array<bigint>"))
-    out = (new.join(sk, "seed_uid").join(_clustered(ctx, comps, new, ex, sigs, texts), "seed_uid", "left")
-           .join(rep_ids, "_rep", "left")
+    # the clustered minority with its representative, materialised narrow before it meets the wide rows
+    info = ctx.checkpoint(_clustered(ctx, comps, rows.select("seed_uid", "source", "answer"), ex, sigs, texts)
+                          .join(rep_ids, "_rep", "left"))
+    out = (rows.join(info, "seed_uid", "left")
            .withColumn("cluster_id", F.coalesce("cluster_id", "seed_uid"))
            .withColumn("cluster_size", F.coalesce("cluster_size", F.lit(1)).cast("long")))
     removed = F.col("_rep").isNotNull() & (F.col("_rep") != F.col("seed_uid"))
