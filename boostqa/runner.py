@@ -490,21 +490,22 @@ class Runner:
         if stage.mode == "overwrite":
             if not self.lake.exists(stage.output):
                 self.lake.append(kept, stage.output)
-            elif not self._same_snapshot(kept, stage.output):
+            elif not self._same_snapshot(kept, n_kept, stage.output):
                 self.lake.overwrite(kept, stage.output, evolve=True)
         elif n_kept or not self.lake.exists(stage.output):
             self.lake.insert_new(kept, stage.output, list(stage.key), evolve=True)
 
-    def _same_snapshot(self, kept: DataFrame, name: str) -> bool:
+    def _same_snapshot(self, kept: DataFrame, n_kept: int, name: str) -> bool:
         """The snapshot a rerun rebuilt equals the table's content, run ids aside: then it is not
         written, so an unchanged snapshot does not become a new Delta version (and a dataset
-        version in MLflow) on every run."""
+        version in MLflow) on every run. Row counts first (a changed snapshot mostly differs in
+        size); at equal counts one ``exceptAll`` decides: a multiset inside another of the same
+        size equals it."""
         current = self.lake.read(name)
-        if set(current.columns) != set(kept.columns):
+        if set(current.columns) != set(kept.columns) or current.count() != n_kept:
             return False
         cols = sorted(c for c in kept.columns if c != "run_id")
-        a, b = kept.select(*cols), current.select(*cols)
-        return not a.exceptAll(b).limit(1).count() and not b.exceptAll(a).limit(1).count()
+        return not kept.select(*cols).exceptAll(current.select(*cols)).limit(1).count()
 
     @staticmethod
     def _rejected_rows(stage: Stage, ctx: StageContext, staged: DataFrame) -> DataFrame:

@@ -208,9 +208,13 @@ def test_an_unchanged_snapshot_is_not_rewritten(spark, make_settings):
     rows = [("a", 1, [1.0, 2.0], "r1"), ("b", 2, None, "r1")]
     schema = "k string, n int, xs array<double>, run_id string"
     lake.append(spark.createDataFrame(rows, schema), "gold.snap")
-    assert runner._same_snapshot(spark.createDataFrame([r[:3] + ("r2",) for r in reversed(rows)], schema), "gold.snap")
-    assert not runner._same_snapshot(spark.createDataFrame([rows[0], ("b", 3, None, "r1")], schema), "gold.snap")
-    assert not runner._same_snapshot(spark.createDataFrame(rows[:1], schema), "gold.snap")  # a row fewer
-    assert not runner._same_snapshot(spark.createDataFrame(rows + rows[:1], schema), "gold.snap")  # a copy more
-    assert not runner._same_snapshot(spark.createDataFrame([r + (0,) for r in rows], schema + ", extra int"),
-                                     "gold.snap")
+
+    def same(data, sch=schema):
+        return runner._same_snapshot(spark.createDataFrame(data, sch), len(data), "gold.snap")
+
+    assert same([r[:3] + ("r2",) for r in reversed(rows)])
+    assert not same([rows[0], ("b", 3, None, "r1")])
+    assert not same(rows[:1])  # a row fewer
+    assert not same(rows + rows[:1])  # a copy more
+    assert not same([rows[0], rows[0]])  # as many rows, one of them twice
+    assert not same([r + (0,) for r in rows], schema + ", extra int")
