@@ -37,7 +37,7 @@ class EngineConfig(_Model):
     shuffle_partitions: int = Field(4, ge=1)
     conf: dict[str, str] = {}  # extra Spark conf set on the session
     # embedded: freed memory goes back to the OS at once instead of staying cached in the allocators
-    # (set when the in-process server first starts; peak RSS of the 200k dedup 2.2 -> 1.5 GB, ~10 % slower)
+    # (set when the in-process server first starts; peak RSS of the profiled 200k dedup 2.0 -> 1.6 GB, ~10 % slower)
     release_memory: bool = True
 
 

@@ -62,7 +62,7 @@ def test_delta_jars_come_from_the_cache_and_need_mvn_only_to_fill_it(tmp_path, m
 
 def test_release_memory_sets_allocator_options_unless_the_environment_has_them(monkeypatch):
     """The embedded engine asks mimalloc to return freed pages at once (purge delay 0): the 200k
-    dedup's peak RSS fell from 2.2 to 1.5 GB. A value the user exported is kept."""
+    dedup's profiled peak RSS fell from 2.0 to 1.6 GB. A value the user exported is kept."""
     from boostqa import engine
 
     monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)

@@ -102,12 +102,14 @@ def _matching_gram_kernel(key: str, cols: list[str], n: int, opts: NormalizeOpti
     (sorted benchmark n-gram hashes). Rows' n-grams never leave the kernel otherwise: at 200k rows
     the exploded (row, n-gram) table was ~12M rows for a few thousand matches."""
     def grams(batches):
+        if not len(wanted):  # no benchmark n-gram: nothing can match, nothing to hash
+            return
         for batch in batches:
             for start in range(0, batch.num_rows, _BATCH_ROWS):
                 b = batch.slice(start, _BATCH_ROWS)
                 offs, flat, _ = list_parts(ngram_hashes(words_array(_joined_text(b, cols), opts), n))
                 hv = flat.to_numpy(zero_copy_only=False).astype(np.int64)
-                if not len(hv) or not len(wanted):
+                if not len(hv):
                     continue
                 pos = np.minimum(np.searchsorted(wanted, hv), len(wanted) - 1)
                 hit = np.flatnonzero(wanted[pos] == hv)

@@ -89,7 +89,7 @@ def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1
     bucket xxhash64(band, band hash)); each pair of sketched rows is produced once (x < y), not in
     both orders; and with ``groups`` > 1 the bands are joined a group at a time, each group's pair
     counts materialised by ``checkpoint`` before they are summed. On the 200k benchmark corpus
-    (12.8M band rows, ~9M colliding pairs) the step's peak fell from 3.9 GB to ~1.5 GB. A hash
+    (12.8M band rows, ~9M colliding pairs) the step's peak fell from 3.9 GB to 1.4 GB. A hash
     collision can only add a candidate pair, and every candidate is verified exactly afterwards."""
     new_bands = sk.select(F.xxhash64("seed_uid").alias("x"), F.posexplode("bands").alias("band", "band_hash"))
     ids = sk.select("seed_uid")
