@@ -499,13 +499,14 @@ class Runner:
         """The snapshot a rerun rebuilt equals the table's content, run ids aside: then it is not
         written, so an unchanged snapshot does not become a new Delta version (and a dataset
         version in MLflow) on every run. Row counts first (a changed snapshot mostly differs in
-        size); at equal counts one ``exceptAll`` decides: a multiset inside another of the same
-        size equals it."""
+        size), then ``exceptAll`` both ways: one direction is not enough on every engine (on Sail
+        it found no difference where the other direction did)."""
         current = self.lake.read(name)
         if set(current.columns) != set(kept.columns) or current.count() != n_kept:
             return False
         cols = sorted(c for c in kept.columns if c != "run_id")
-        return not kept.select(*cols).exceptAll(current.select(*cols)).limit(1).count()
+        a, b = kept.select(*cols), current.select(*cols)
+        return not a.exceptAll(b).limit(1).count() and not b.exceptAll(a).limit(1).count()
 
     @staticmethod
     def _rejected_rows(stage: Stage, ctx: StageContext, staged: DataFrame) -> DataFrame:
