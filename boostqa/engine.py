@@ -46,6 +46,12 @@ def _release_memory_promptly() -> None:
             pass
 
 
+def sail_environment(settings: dict[str, str]) -> dict[str, str]:
+    """Sail config keys -> the SAIL_* variables it reads at start (``parquet.max_row_group_size`` ->
+    ``SAIL_PARQUET__MAX_ROW_GROUP_SIZE``)."""
+    return {"SAIL_" + k.strip().upper().replace(".", "__"): str(v) for k, v in settings.items()}
+
+
 def _start_sail(cfg: EngineConfig) -> int:
     global _server
     with _lock:
@@ -53,6 +59,8 @@ def _start_sail(cfg: EngineConfig) -> int:
             os.environ.setdefault("RUST_LOG", "error")  # Sail logs every session at INFO otherwise
             if cfg.release_memory:
                 _release_memory_promptly()
+            for k, v in sail_environment(cfg.sail).items():
+                os.environ.setdefault(k, v)
             from pysail.spark import SparkConnectServer
 
             server = SparkConnectServer("127.0.0.1", 0)  # free loopback port
