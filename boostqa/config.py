@@ -235,6 +235,10 @@ class EndpointConfig(_Model):
                       "openai_compatible"] = "openai_compatible"
     reasoning: bool = False  # a reasoning model (R1-class): its chain of thought counts in max_tokens
     api_key_env: str | None = None  # the env var that holds the key (never the key)
+    # a Databricks secret, "{{secrets/<scope>/<key>}}" (the workspace's reference syntax): a scheduled
+    # job reads it on the driver into api_key_env when that variable is unset (serverless tasks get no
+    # secret-backed variables); the calls then go out from the driver (llm.calls_from auto or driver)
+    api_key_secret: str | None = Field(None, pattern=r"^\{\{secrets/[^/\s{}]+/[^/\s{}]+\}\}$")
     max_concurrency: int = Field(16, ge=1)  # requests in flight, over all Spark tasks
     rpm: float | None = Field(None, gt=0)  # requests per minute, over all tasks
     tpm: float | None = Field(None, gt=0)  # tokens per minute (prompt estimate + max_tokens)
@@ -254,6 +258,12 @@ class EndpointConfig(_Model):
     price_input_per_mtok: float = Field(0.0, ge=0)  # USD per million prompt tokens, for `boostqa plan`
     price_output_per_mtok: float = Field(0.0, ge=0)
 
+    @model_validator(mode="after")
+    def _secret_fills_a_variable(self):
+        if self.api_key_secret and not self.api_key_env:
+            raise ValueError("api_key_secret needs api_key_env: the variable the secret is read into")
+        return self
+
 
 class SimulatorConfig(_Model):
     # the simulator's fake answers never land in Unity Catalog tables unless this says so
@@ -266,6 +276,11 @@ class SimulatorConfig(_Model):
 class LLMConfig(_Model):
     endpoints: dict[str, EndpointConfig] = {}
     parallel_tasks: int = Field(2, ge=1)  # Spark tasks calling at once; each gets 1/N of every budget
+    # executors: calls go out from mapInPandas on the executors (parallel_tasks at once); driver: from
+    # the driver process, a chunk at a time with each endpoint's whole budget (a key that exists only
+    # in the driver never travels into a UDF); auto: executors, unless a scheduled job had to read a
+    # key from its secret scope on the driver (serverless: boostqa.llm.keys)
+    calls_from: Literal["auto", "executors", "driver"] = "auto"
     chunk_rows: int = Field(500, ge=1)  # rows per committed chunk in LLM stages
     reasks: int = Field(2, ge=0)  # an invalid or truncated answer is asked again (new sample index) this often
     journal_rows: int = Field(20, ge=1)  # answered calls per journal file: a kill re-pays at most this many per task

@@ -83,7 +83,11 @@ def overrides(pairs: list[str]) -> dict:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:  # e.g. an unquoted {{...}}: YAML reads a mapping
+            raise SystemExit(f"--set {key}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                             "quote it, e.g. --set KEY='{{secrets/scope/key}}'") from None
     return out
 
 
@@ -181,6 +185,13 @@ def _run(args: argparse.Namespace) -> int:
               f"rejected {p.rejected} deferred {p.deferred} elapsed {p.elapsed:.0f}s"
               + (f" eta {p.eta:.0f}s" if p.eta is not None else ""), flush=True)
 
+    from boostqa.llm.keys import keys_from_secrets
+
+    read = keys_from_secrets(settings.llm.endpoints, settings.llm.calls_from)
+    if read:  # those keys exist in this process only: the calls go out from here
+        settings.llm.calls_from = "driver"
+        print(f"{', '.join(read)}: read from the secret scope on the driver; LLM calls go out from the driver",
+              flush=True)  # the names, never the values
     runner = Runner(settings, progress=report)
     run_id, results = runner.run(stages or None, args.run_id, args.max_chunks, skip_missing=True)
     for r in results:

@@ -160,3 +160,42 @@ dbutils = _DBUtils({"profile": "databricks", "catalog": "dev"})
         os.environ.update(env_before)
     printed = [o["text"].strip() for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout"]
     assert [line for line in printed if line.startswith("PARAMS")] == ["PARAMS demo ''", "PARAMS databricks 'dev'"]
+
+
+def test_a_serverless_task_reads_its_keys_from_the_secret_scope_and_calls_from_the_driver(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A serverless task has no secret-backed variables. In a workspace (DATABRICKS_RUNTIME_VERSION
+    set; ``dbutils.secrets`` stood in for), `boostqa-job` reads the endpoint's
+    ``{{secrets/scope/key}}`` into its variable on the driver, sends the calls from the driver, and
+    annotates every row against an endpoint that refuses requests without that key; the key is
+    printed nowhere."""
+    from types import SimpleNamespace
+
+    from boostqa import jobs
+    from boostqa.llm import keys
+
+    key = "sk-serverless-" + "5" * 16
+    src = write_jsonl(tmp_path / "src" / "seeds.jsonl",
+                      [{"id": f"s{i}", "question": f"What is {i} plus {i * 7} for the case number {i * 13}?",
+                        "answer": str(i * 8)} for i in range(10)])
+    bench = write_jsonl(tmp_path / "src" / "bench.jsonl", [{"question": "Which river flows through Cairo?",
+                                                             "answer": "Nile"}])
+    stored = {("boostqa", "annotator_key"): key}
+    secrets = SimpleNamespace(get=lambda scope, key: stored[(scope, key)])  # Databricks: dbutils.secrets.get
+    monkeypatch.setattr(keys, "_workspace_dbutils", lambda environ: SimpleNamespace(secrets=secrets))
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "client.2.0")
+    monkeypatch.delenv("SERVERLESS_TEST_KEY", raising=False)
+    with SimulatorServer(SimConfig(api_key=key, latency_ms=1)) as keyed:
+        code = jobs.main(["--stage=ingest,bench,dedup,decontam,annotate", "--profile=local", "--run-id=sl-1",
+                          f"--set.lake.root={tmp_path / 'lake'}", f"--set.runs_dir={tmp_path / 'runs'}",
+                          "--set.tracking.enabled=false", "--set.decontam.embedding.enabled=false",
+                          f"--set.sources=[{{name: toy, path: '{src}', fields: {{id: id}}}}]",
+                          f"--set.benchmarks=[{{name: tiny, path: '{bench}'}}]",
+                          f"--set.llm.endpoints.annotator.base_url={keyed.base_url}",
+                          "--set.llm.endpoints.annotator.api_key_env=SERVERLESS_TEST_KEY",
+                          "--set.llm.endpoints.annotator.api_key_secret='{{secrets/boostqa/annotator_key}}'"])
+    out = capsys.readouterr()
+    assert code == 0, (out.out + out.err)[-3000:]
+    assert "SERVERLESS_TEST_KEY: read from the secret scope on the driver; LLM calls go out from the driver" in out.out
+    assert key not in out.out + out.err
+    assert len(_rows(tmp_path / "lake" / "silver" / "seeds_annotated")) == 10

@@ -110,3 +110,67 @@ def test_the_documented_example_is_this_code():
     code = src[src.index("class Hint(LLMTask):"):src.index("# ------", src.index("class Hint(LLMTask):"))].strip()
     doc = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text(encoding="utf-8")
     assert code in doc
+
+
+class _Secrets:
+    """Stands in for Databricks' ``dbutils.secrets`` (the one part of a workspace this machine lacks)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values = values
+
+    def get(self, scope: str, key: str) -> str:
+        return self.values[f"{scope}/{key}"]
+
+
+def test_a_key_read_from_a_secret_scope_stays_in_the_driver(spark, make_settings, conf_with_hint, monkeypatch,
+                                                           tmp_path):
+    """Serverless jobs get no secret-backed variables: a job reads ``api_key_secret`` on the driver
+    and, since only the driver has the key then, sends the calls from there. Against an endpoint
+    that refuses requests without the key, driver calls give the same rows, request keys and call
+    log as executor calls; a rerun pays nothing; the key is in no error message."""
+    from types import SimpleNamespace
+
+    from boostqa.llm.keys import SecretError, keys_from_secrets
+    from boostqa.llm.sim import SimConfig, SimulatorServer
+
+    key = "sk-test-" + "0123456789abcdef"
+    sim = SimulatorServer(SimConfig(api_key=key)).start()
+    try:
+        def settings(root: str, **llm_over):
+            return make_settings(lake={"root": str(tmp_path / root)}, llm={**llm_over, "endpoints": {"annotator": {
+                "base_url": sim.base_url.removesuffix("/v1") + "/deepseek/v1", "api_key_env": "HINT_TEST_KEY",
+                "api_key_secret": "{{secrets/boostqa/hint_test_key}}"}}})
+
+        driver = settings("lake_driver")
+        dbutils = SimpleNamespace(secrets=_Secrets({"boostqa/hint_test_key": key}))
+        monkeypatch.delenv("HINT_TEST_KEY", raising=False)
+        with pytest.raises(SecretError, match="calls_from: driver") as refused:  # executors would lack the key
+            keys_from_secrets(driver.llm.endpoints, "executors", dbutils=dbutils)
+        with pytest.raises(SecretError, match="cannot read secret boostqa/hint_test_key") as unreadable:
+            keys_from_secrets(driver.llm.endpoints, "auto", dbutils=SimpleNamespace(secrets=_Secrets({})))
+        assert key not in str(refused.value) + str(unreadable.value)
+        # outside a workspace (no DATABRICKS_RUNTIME_VERSION) nothing is read: preflight names the unset variable
+        assert keys_from_secrets(driver.llm.endpoints, "executors", environ={}) == []
+        env: dict[str, str] = {}
+        assert keys_from_secrets(driver.llm.endpoints, "auto", environ=env, dbutils=dbutils) == ["HINT_TEST_KEY"]
+        assert env == {"HINT_TEST_KEY": key}
+        assert keys_from_secrets(driver.llm.endpoints, "executors", environ=env, dbutils=dbutils) == []  # already set
+        assert "hint_test_key" not in str(driver.redacted())  # the reference is masked in logged settings too
+        monkeypatch.setenv("HINT_TEST_KEY", key)
+
+        seeds = spark.createDataFrame([(f"s{i}", f"What is {i} + {i}?", str(2 * i)) for i in range(12)],
+                                      "seed_uid string, question string, answer string")
+        results = {}
+        for mode, s in (("driver", settings("lake_driver", calls_from="driver")),
+                        ("executors", settings("lake_exec", calls_from="executors"))):
+            runner = Runner(s, spark=spark)
+            runner.lake.overwrite(seeds, "silver.seeds_annotated")
+            r = runner.run_stage(STAGE, f"r-{mode}")
+            assert (r.kept, r.rejected, r.deferred, r.stats["llm.calls"]) == (12, 0, 0, 12), mode
+            assert runner.run_stage(STAGE, f"r2-{mode}").pending == 0
+            hints = sorted((x.seed_uid, x.hint, x.request_key) for x in runner.lake.read("silver.seed_hints").collect())
+            calls = sorted((c.request_key, c.status, c.raw) for c in runner.lake.read("ops.llm_calls").collect())
+            results[mode] = (hints, calls)
+        assert results["driver"] == results["executors"]
+    finally:
+        sim.stop()

@@ -6,7 +6,8 @@
 - ``requests``: each row's rendered messages and request key (nothing is called);
 - ``call``: keys already in ``ops.llm_calls`` are reused, the rest are sent through the async
   client inside mapInPandas (one event loop per Spark task, the endpoint's budget divided by
-  ``llm.parallel_tasks``);
+  ``llm.parallel_tasks``), or with ``llm.calls_from: driver`` from the driver process (the key
+  never leaves it: serverless jobs, whose executors cannot see a secret);
 - ``log_rows`` / ``failure_rows`` / ``report``: what a staged chunk adds to ``ops.llm_calls`` and
   ``ops.llm_failures``, and its metrics (every attempt, re-asks included).
 """
@@ -160,25 +161,34 @@ def call(ctx: StageContext, reqs: DataFrame, ep: Endpoint, task, calls_log: Data
     if keys.limit(1).count():
         ep = ready_endpoint(ctx, ep, task.response_model())
     tasks = ctx.settings.llm.parallel_tasks
-    share, schema_of = ep.scaled(1.0 / tasks), task.response_model
-    journal = _journal_writer(ctx, ep, task)
+    schema_of, journal = task.response_model, _journal_writer(ctx, ep, task)
 
-    def run(batches):  # built per call: Connect UDFs need the session first
-        parts = [b for b in batches if len(b)]  # the whole partition: one sliding window over it
-        if not parts:
-            return
-        rows = pd.concat(parts, ignore_index=True)
+    def send(rows: pd.DataFrame, budget: Endpoint) -> pd.DataFrame:
         reqs = [Request(k, json.loads(m), int(n or 0), int(r or 0))
                 for k, m, n, r in zip(rows["request_key"], rows["messages"], rows["sample"], rows["retry"])]
         log = journal(reqs, dict(zip(rows["request_key"], rows["prompt_id"])))
-        out = pd.DataFrame([r.as_row() for r in run_requests(share, reqs, schema_of(), on_result=log)])
+        out = pd.DataFrame([r.as_row() for r in run_requests(budget, reqs, schema_of(), on_result=log)],
+                           columns=RESULT_COLUMNS)
         if log:
             log.journal.flush()
         for c in ("prompt_tokens", "completion_tokens", "attempts", "http_status", "reasoning_tokens"):
             out[c] = out[c].astype("Int64")
-        yield out[RESULT_COLUMNS]
+        return out[RESULT_COLUMNS]
 
-    fresh = keys.repartition(tasks).mapInPandas(run, RESULT_SCHEMA).withColumn("_fresh", F.lit(True))
+    if ctx.settings.llm.calls_from == "driver":  # the key stays in this process; one chunk's requests
+        pending = keys.toPandas()                 # (llm.chunk_rows) at a time, the endpoint's whole budget
+        out = send(pending, ep) if len(pending) else pd.DataFrame(columns=RESULT_COLUMNS)
+        fresh = ctx.spark.createDataFrame(out.astype(object).where(out.notna(), None), RESULT_SCHEMA)
+    else:
+        share = ep.scaled(1.0 / tasks)
+
+        def run(batches):  # built per call: Connect UDFs need the session first
+            parts = [b for b in batches if len(b)]  # the whole partition: one sliding window over it
+            if parts:
+                yield send(pd.concat(parts, ignore_index=True), share)
+
+        fresh = keys.repartition(tasks).mapInPandas(run, RESULT_SCHEMA)
+    fresh = fresh.withColumn("_fresh", F.lit(True))
     return ctx.checkpoint(fresh if cached is None else fresh.unionByName(cached.select(*RESULT_COLUMNS, "_fresh")))
 
 
