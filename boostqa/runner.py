@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from boostqa import crash, sources
@@ -295,13 +295,13 @@ class Runner:
                 ctx.journal = self.lake.journal_path(stage.name, run_id)
             self._log_inputs(stage, ctx, result)
             pending = self.pending(stage, ctx)
-            buckets, chunks = self._plan_chunks(stage, pending)
-            result.pending, result.chunks_total = sum(chunks.values()), len(chunks)
+            chunks = self._plan_chunks(stage, pending)
+            result.pending, result.chunks_total = sum(n for _, n in chunks), len(chunks)
             self.progress(Progress(stage.name, 0, result.chunks_total, 0, result.pending, 0, 0, 0, 0.0))  # started
-            for i, (chunk_id, rows) in enumerate(sorted(chunks.items())):
+            for i, (where, rows) in enumerate(chunks):
                 if max_chunks is not None and i >= max_chunks:
                     break
-                chunk = pending if chunk_id is None else pending.where(_bucket(stage, buckets) == chunk_id)
+                chunk = pending if where is None else pending.where(where)
                 self._commit_chunk(stage, ctx, rows, self._chunk_args(stage, ctx, chunk),
                                    f"{staging}/chunk-{i:05d}", result)
                 result.chunks_done += 1
@@ -403,18 +403,29 @@ class Runner:
 
         return checkpoint
 
-    def _plan_chunks(self, stage: Stage, pending: DataFrame) -> tuple[int, dict]:
-        """Bucket count and the non-empty buckets with their row counts. Empty buckets are skipped,
-        so --max-chunks always makes progress; None means a single chunk of everything."""
+    def _plan_chunks(self, stage: Stage, pending: DataFrame) -> list[tuple[Column | None, int]]:
+        """The chunks to run: each a filter on the pending rows (None: all of them) and its row count.
+
+        Rows judged together (``chunk_by``, e.g. one source file) stay in one chunk; the groups are
+        packed (first fit, largest first) into chunks of at most the stage's chunk rows (a larger group
+        is a chunk of its own),
+        so a chunk holds what ``runner.chunk_rows`` promises however unevenly files are sized (hashing
+        8 equal files into 2 buckets had made one chunk of 6). Other stages hash their key into
+        ceil(rows / chunk rows) buckets. Empty chunks never appear, so --max-chunks always makes progress."""
         total = pending.count()
         if total == 0:
-            return 0, {}
+            return []
         rows = stage.chunk_rows(self.settings) if callable(stage.chunk_rows) else stage.chunk_rows
-        buckets = 1 if stage.whole or stage.mode == "overwrite" else math.ceil(total / (rows or self.settings.runner.chunk_rows))
-        if buckets == 1:
-            return 1, {None: total}
-        rows = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
-        return buckets, {int(r["c"]): int(r["count"]) for r in rows}
+        rows = rows or self.settings.runner.chunk_rows
+        if stage.whole or stage.mode == "overwrite" or total <= rows:
+            return [(None, total)]
+        if stage.chunk_by:
+            group = F.xxhash64(*stage.chunk_by)  # a hash collision only keeps two groups together
+            sizes = {int(r["g"]): int(r["count"]) for r in pending.groupBy(group.alias("g")).count().collect()}
+            return [(group.isin(*members), n) for members, n in _pack(sizes, rows)]
+        buckets = math.ceil(total / rows)
+        counts = pending.groupBy(_bucket(stage, buckets).alias("c")).count().collect()
+        return [(_bucket(stage, buckets) == int(r["c"]), int(r["count"])) for r in sorted(counts, key=lambda r: r["c"])]
 
     def _stage_chunk(self, stage: Stage, ctx: StageContext, expected: int, args: dict,
                      path: str) -> tuple[DataFrame, dict]:
@@ -514,6 +525,19 @@ class Runner:
             *[F.col(c).alias(c.lstrip("_")) for c in stage.reject_columns], F.col("_reason").alias("reason"),
             F.col("_detail").alias("detail"), F.lit(stage.name).alias("stage"), F.lit(ctx.run_id).alias("run_id"),
             F.current_timestamp().alias("rejected_at"))
+
+
+def _pack(sizes: dict[int, int], capacity: int) -> list[tuple[list[int], int]]:
+    """Groups (id -> rows) into chunks of at most ``capacity`` rows: first fit, largest group first
+    (a group larger than a chunk is a chunk of its own). Deterministic: same sizes, same chunks."""
+    chunks: list[tuple[int, list[int]]] = []
+    for g, n in sorted(sizes.items(), key=lambda x: (-x[1], x[0])):
+        i = next((i for i, (load, _) in enumerate(chunks) if load + n <= capacity), None)
+        if i is None:
+            chunks.append((n, [g]))
+        else:
+            chunks[i] = (chunks[i][0] + n, chunks[i][1] + [g])
+    return [(sorted(members), load) for load, members in chunks]
 
 
 def _bucket(stage: Stage, buckets: int):

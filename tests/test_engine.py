@@ -75,14 +75,14 @@ def test_release_memory_sets_allocator_options_unless_the_environment_has_them(m
 
 def test_sail_settings_become_its_environment_and_bound_parquet_row_groups(spark, tmp_path):
     """engine.sail keys are Sail's config keys, exported as SAIL_* when the server starts. The
-    defaults make Sail stream Parquet in row groups of at most 32,768 rows (its parallel writer
+    defaults make Sail stream Parquet in row groups of at most 8,192 rows (its parallel writer
     buffered a whole staged chunk: one row group per file)."""
     import pyarrow.parquet as pq
 
     assert engine.sail_environment({"parquet.max_row_group_size": 8, "execution.batch_size": "1024"}) == {
         "SAIL_PARQUET__MAX_ROW_GROUP_SIZE": "8", "SAIL_EXECUTION__BATCH_SIZE": "1024"}
-    assert EngineConfig().sail["parquet.max_row_group_size"] == "32768"
+    assert EngineConfig().sail["parquet.max_row_group_size"] == "8192"
     spark.range(150_000).selectExpr("id", "repeat('x', 20) as s").write.mode("overwrite").parquet(str(tmp_path / "p"))
     groups = [pq.ParquetFile(f).metadata for f in sorted((tmp_path / "p").glob("*.parquet"))]
     sizes = [m.row_group(i).num_rows for m in groups for i in range(m.num_row_groups)]
-    assert sum(sizes) == 150_000 and max(sizes) <= 32_768 and len(sizes) > len(groups)
+    assert sum(sizes) == 150_000 and max(sizes) <= 8_192 and len(sizes) > len(groups)

@@ -144,6 +144,7 @@ def _clustered(ctx: StageContext, comps: DataFrame, new: DataFrame, ex: DataFram
         .withColumn("_rep_earlier", F.first("_earlier").over(rank) == 0) \
         .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))) \
         .withColumn("cluster_id", F.coalesce(F.first("_old_cluster").over(rank), "cluster_id"))
+    ranked = ctx.checkpoint(ranked)  # the clustered minority; read three times below, ranked once
     pairs = ranked.where("seed_uid != _rep").select(F.col("seed_uid").alias("a"), F.col("_rep").alias("b"))
     sims = lsh.similarities(pairs, sigs).select(F.col("a").alias("seed_uid"), "similarity")
     out = ranked.select("seed_uid", "cluster_id", "cluster_size", "_rep", "_rep_source", "_rep_earlier") \
