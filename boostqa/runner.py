@@ -408,10 +408,10 @@ class Runner:
 
         Rows judged together (``chunk_by``, e.g. one source file) stay in one chunk; the groups are
         packed (first fit, largest first) into chunks of at most the stage's chunk rows (a larger group
-        is a chunk of its own),
-        so a chunk holds what ``runner.chunk_rows`` promises however unevenly files are sized (hashing
-        8 equal files into 2 buckets had made one chunk of 6). Other stages hash their key into
-        ceil(rows / chunk rows) buckets. Empty chunks never appear, so --max-chunks always makes progress."""
+        is a chunk of its own), so a chunk holds what ``runner.chunk_rows`` promises however unevenly
+        files are sized (hashing 8 equal files into 2 buckets had made one chunk of 6). Other stages
+        hash their key into ceil(rows / chunk rows) buckets. Empty chunks never appear, so
+        --max-chunks always makes progress."""
         total = pending.count()
         if total == 0:
             return []

@@ -121,7 +121,8 @@ def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1
             checkpoint(counts.where(F.pmod(F.col("x"), F.lit(groups)) == s).groupBy("x", "y")
                        .agg(F.sum("shared").alias("shared")).where(F.col("shared") >= min_shared))
             for s in range(groups)])
-    counts = counts.where(F.col("shared") >= min_shared)
+    else:
+        counts = counts.where(F.col("shared") >= min_shared)
     ids = ids.distinct().select("seed_uid", F.xxhash64("seed_uid").alias("h"))
     named = (counts.join(ids.select(F.col("h").alias("x"), F.col("seed_uid").alias("sx")), "x")
              .join(ids.select(F.col("h").alias("y"), F.col("seed_uid").alias("sy")), "y")
