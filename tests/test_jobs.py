@@ -102,3 +102,14 @@ def test_ingest_through_console_script_then_module_file(tmp_path):
     bronze = DeltaTable(str(lake / "bronze" / "seeds")).to_pyarrow_table()
     assert sorted(zip(bronze.column("source_row_id").to_pylist(), bronze.column("run_id").to_pylist())) == \
         [("a1", "job-test-1"), ("a2", "job-test-1"), ("b1", "job-test-1"), ("b2", "job-test-2")]
+
+
+def test_an_unquoted_secret_reference_in_set_is_a_clear_error():
+    """YAML reads an unquoted {{secrets/...}} as a mapping: the override names the key and says to
+    quote it (it used to end in a YAML traceback); quoted, the reference arrives as a string."""
+    from boostqa.jobs import overrides
+
+    with pytest.raises(SystemExit, match=r"--set llm\.endpoints\.a\.api_key_secret: the value is not valid YAML.*quote it"):
+        overrides(["llm.endpoints.a.api_key_secret={{secrets/boostqa/k}}"])
+    assert overrides(["llm.endpoints.a.api_key_secret='{{secrets/boostqa/k}}'"]) == \
+        {"llm": {"endpoints": {"a": {"api_key_secret": "{{secrets/boostqa/k}}"}}}}
