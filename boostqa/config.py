@@ -37,7 +37,9 @@ class EngineConfig(_Model):
     shuffle_partitions: int = Field(4, ge=1)
     conf: dict[str, str] = {}  # extra Spark conf set on the session
     # embedded: freed memory goes back to the OS at once instead of staying cached in the allocators
-    # (set when the in-process server first starts; peak RSS of the profiled 200k dedup 2.0 -> 1.6 GB, ~10 % slower)
+    # (set when the in-process server first starts: mimalloc purge delay 0, two glibc arenas, pyarrow on
+    # the system allocator; peak RSS of the profiled 200k dedup 2.0 -> 1.6 GB, ~10 % slower, and the
+    # pyarrow pool 1.16 -> 1.08 GB at the same speed)
     release_memory: bool = True
     # embedded: settings of the Sail server (its config keys, e.g. parquet.max_row_group_size), exported
     # as SAIL_* variables when the in-process server first starts; an exported variable wins. The
@@ -117,6 +119,10 @@ class IngestConfig(_Model):
     """Limits of ingestion: every text a seed carries is bounded (it reaches prompts and paid
     endpoints), and so are a record, its nesting and a file, so no input can stop the run."""
 
+    # rows per committed ingest chunk, when smaller than runner.chunk_rows: ingest's rows carry the
+    # raw record too, the widest of the pipeline, and Sail's Delta writer buffers a whole chunk's
+    # file before it commits (profiled 200k dedup: the bronze MERGE's peak 1.01 -> 0.85 GB)
+    chunk_rows: int = Field(50_000, ge=1)
     max_question_chars: int = Field(20_000, ge=1)
     max_answer_chars: int = Field(50_000, ge=1)
     max_choices: int = Field(26, ge=2)

@@ -318,9 +318,33 @@ def test_band_pair_counts_by_groups_equal_a_brute_force_count(spark):
     assert alone == {p for p in truth if p[0] in new and p[1] in new}
 
 
+def test_band_pairs_on_64_bit_keys_are_the_pairs_sharing_a_band_in_both_orders(spark):
+    """band_pairs (the main pass's and the gate's candidates) joins hashed keys, not strings: it
+    still yields every (new row, other row) sharing any band, a new-new pair in both orders and a
+    new-indexed pair with the new row first, never a row with itself."""
+    from boostqa.stages import lsh
+
+    rng = random.Random(11)
+    new = {f"n{i:02d}": [rng.randint(0, 5) for _ in range(4)] for i in range(25)}
+    old = {f"o{i:02d}": [rng.randint(0, 5) for _ in range(4)] for i in range(15)}
+    sk = spark.createDataFrame([(k, v) for k, v in new.items()], "seed_uid string, bands array<bigint>")
+    index = spark.createDataFrame([(k, b, h) for k, v in old.items() for b, h in enumerate(v)],
+                                  "seed_uid string, band int, band_hash bigint")
+    rows = {**new, **old}
+
+    def truth(others):
+        return {(a, b) for a in new for b in others if a != b and any(x == y for x, y in zip(rows[a], rows[b]))}
+
+    got = [(r["a"], r["b"]) for r in lsh.band_pairs(sk, index).collect()]
+    assert len(got) == len(set(got))  # each pair once
+    assert set(got) == truth(rows) and len(truth(old)) > 10 and len(truth(new)) > 10
+    assert {(r["a"], r["b"]) for r in lsh.band_pairs(sk, None).collect()} == truth(new)
+
+
 def test_one_pass_sketches_equal_the_separate_passes(spark):
     """sketches(recall=True, passthrough=...) gives the same seed_id, signature, bands and recall
-    bands as the two separate kernels, with the other columns carried along unchanged."""
+    bands as the two separate kernels, with the other columns carried along unchanged; also where
+    a batch has null questions (the one pass reuses the main pass's words only when it has none)."""
     from boostqa.config import load_settings
     from boostqa.stages import lsh
 
@@ -328,8 +352,10 @@ def test_one_pass_sketches_equal_the_separate_passes(spark):
     rng = random.Random(3)
     data = [(f"s{i}", " ".join(_text(rng, rng.randint(0, 40))), None if i % 5 == 0 else " ".join(_text(rng, 6)),
              ["x", "y"] if i % 2 else None, float(i)) for i in range(60)]
-    rows = spark.createDataFrame(data, "seed_uid string, question string, answer string, choices array<string>, "
-                                       "source_weight double")
+    data += [(f"n{i}", None if i % 3 == 0 else " ".join(_text(rng, rng.randint(10, 40))), " ".join(_text(rng, 12)),
+              None, float(i)) for i in range(30)]
+    schema = "seed_uid string, question string, answer string, choices array<string>, source_weight double"
+    rows = spark.createDataFrame(data[:60], schema).unionByName(spark.createDataFrame(data[60:], schema))
     one = {r["seed_uid"]: r for r in lsh.sketches(rows, cfg, recall=True,
                                                   passthrough=tuple(rows.columns)).collect()}
     main = {r["seed_uid"]: r for r in lsh.sketches(rows, cfg).collect()}
@@ -341,3 +367,28 @@ def test_one_pass_sketches_equal_the_separate_passes(spark):
             (main[uid]["seed_id"], list(main[uid]["minhash"]), list(main[uid]["bands"]))
         assert list(r["recall_bands"]) == list(rec[uid]["recall_bands"])
         assert (r["question"], r["answer"], r["choices"], r["source_weight"]) == (q, a, ch, w)
+
+
+def test_the_token_similarity_kernel_works_in_slices_and_keeps_every_pair():
+    """A batch larger than the kernel's slice (its words become Python lists, so it works 1,024
+    pairs at a time) gives one similarity per pair, in order, equal to the scalar function."""
+    import pyarrow as pa
+
+    from boostqa.stages import lsh
+    from boostqa.text.ngrams import token_similarity
+    from boostqa.text.normalize import NormalizeOptions, words
+
+    rng = random.Random(5)
+    n = 2 * lsh._TOKEN_SIM_ROWS + 37
+    qa = [" ".join(_text(rng, rng.randint(0, 12))) for _ in range(n)]
+    qb = [q if i % 3 else " ".join(_text(rng, 8)) for i, q in enumerate(qa)]
+    batch = pa.RecordBatch.from_pydict({"a": [f"a{i}" for i in range(n)], "b": [f"b{i}" for i in range(n)],
+                                        "qa": qa, "aa": pa.array([None] * n, pa.string()), "qb": qb,
+                                        "ab": ["x"] * n})
+    opts = NormalizeOptions()
+    out = list(lsh._token_sim_kernel(opts)(iter([batch])))
+    assert len(out) == 3
+    got = pa.Table.from_batches(out)
+    assert got.column("a").to_pylist() == [f"a{i}" for i in range(n)]
+    want = [token_similarity(words(q + " ", opts) or [], words(p + " x", opts) or []) for q, p in zip(qa, qb)]
+    assert got.column("token_similarity").to_pylist() == want

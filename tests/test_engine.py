@@ -73,6 +73,33 @@ def test_release_memory_sets_allocator_options_unless_the_environment_has_them(m
     assert engine.os.environ["MIMALLOC_PURGE_DELAY"] == "250"
 
 
+def test_release_memory_moves_pyarrow_to_the_system_allocator_unless_the_environment_names_one(monkeypatch):
+    """pyarrow's own mimalloc kept 80-145 MB of freed pages with nothing allocated (the 200k dedup's
+    profiled peak fell 1.16 -> 1.08 GB without it). pyarrow reads ARROW_DEFAULT_MEMORY_POOL at
+    import, so the pool itself is set; an exported choice is left alone. Buffers made afterwards
+    by compute kernels come from the system pool."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from boostqa import engine
+
+    before = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+        engine._release_memory_promptly()
+        assert pa.default_memory_pool().backend_name == "mimalloc"
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        engine._release_memory_promptly()
+        assert pa.default_memory_pool().backend_name == "system"
+        held = pa.system_memory_pool().bytes_allocated()
+        joined = pc.binary_join_element_wise(pa.array(["x" * 100] * 10_000), pa.array(["y"] * 10_000), " ")
+        assert pa.system_memory_pool().bytes_allocated() - held >= 10_000 * 102
+        del joined
+    finally:
+        pa.set_memory_pool(before)
+
+
 def test_sail_settings_become_its_environment_and_bound_parquet_row_groups(spark, tmp_path):
     """engine.sail keys are Sail's config keys, exported as SAIL_* when the server starts. The
     defaults make Sail stream Parquet in row groups of at most 8,192 rows (its parallel writer

@@ -2,8 +2,8 @@
 
 ``sketches`` turns (id, question, answer) rows into a content hash, a MinHash signature and LSH
 band hashes (Spark-free kernels in boostqa/text, vectorised in mapInArrow); ``band_pairs`` finds
-rows sharing a band with a new row (explode + join on (band, band hash)); ``similarities``
-estimates their Jaccard from the signatures.
+rows sharing a band with a new row (explode + join on a 64-bit hash of (band, band hash));
+``similarities`` estimates their Jaccard from the signatures.
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ def _sketcher(cfg, recall: bool, passthrough: tuple[str, ...]):
                 b = batch.slice(start, _BATCH_ROWS)
                 q, a = b.column("question"), b.column("answer")
                 text = pc.binary_join_element_wise(q, pc.fill_null(a, ""), " ")
-                sigs = hasher.signatures(ngram_hashes(words_array(text, opts), n))
+                words = words_array(text, opts)
+                sigs = hasher.signatures(ngram_hashes(words, n))
                 cols = [b.column("seed_uid"), content_hash_array(q, a, opts), signature_list_array(sigs),
                         band_hash_lists(sigs, bands, rows)]
-                if recall_kernel is not None:
-                    cols.append(recall_kernel(b))
+                if recall_kernel is not None:  # same words unless a question is null (then "" + answer)
+                    cols.append(recall_kernel(b, words if q.null_count == 0 else None))
                 yield pa.RecordBatch.from_arrays(cols + [b.column(c) for c in passthrough], names=names)
 
     return sketch
@@ -72,12 +73,30 @@ def sketches(rows: DataFrame, cfg, recall: bool = False, passthrough: tuple[str,
 
 
 def band_pairs(sk: DataFrame, index: DataFrame | None) -> DataFrame:
-    """(a = a sketched row, b = another sketched row or an indexed one) sharing an LSH band."""
-    new_bands = sk.select("seed_uid", F.posexplode("bands").alias("band", "band_hash"))
-    pool = new_bands if index is None else new_bands.unionByName(index.select("seed_uid", "band", "band_hash"))
-    return (new_bands.alias("x").join(pool.alias("y"), ["band", "band_hash"])
-            .where(F.col("x.seed_uid") != F.col("y.seed_uid"))
-            .select(F.col("x.seed_uid").alias("a"), F.col("y.seed_uid").alias("b")).distinct())
+    """(a = a sketched row, b = another sketched row or an indexed one) sharing an LSH band.
+
+    The self-join runs on 64-bit keys, not strings, as in ``band_pair_counts``: a row's id is
+    xxhash64(seed_uid), a bucket xxhash64(band, band hash); the few pairs found get their ids back
+    by two joins with the id list. On the 200k benchmark corpus (2.6M band rows) joining the
+    strings held 0.39 GB above the resting level for the main pass's edge step. A collision of two
+    64-bit keys (about n^2 / 2^64) can only add a candidate pair, which verification judges, or
+    lose the one pair whose ids collide."""
+    new_bands = sk.select(F.xxhash64("seed_uid").alias("x"), F.posexplode("bands").alias("band", "band_hash"))
+    ids = sk.select("seed_uid")
+    pool = new_bands.select(F.col("x").alias("y"), "band", "band_hash")
+    if index is not None:
+        old = index.select("seed_uid", "band", "band_hash")
+        pool = pool.unionByName(old.select(F.xxhash64("seed_uid").alias("y"), "band", "band_hash"))
+        ids = ids.unionByName(old.select("seed_uid"))
+
+    def keyed(df):
+        return df.select("*", F.xxhash64("band", "band_hash").alias("k")).drop("band", "band_hash")
+
+    pairs = keyed(new_bands).join(keyed(pool), "k").where(F.col("x") != F.col("y")).select("x", "y").distinct()
+    ids = ids.distinct().select(F.col("seed_uid"), F.xxhash64("seed_uid").alias("h"))
+    return (pairs.join(ids.select(F.col("h").alias("x"), F.col("seed_uid").alias("a")), "x")
+            .join(ids.select(F.col("h").alias("y"), F.col("seed_uid").alias("b")), "y")
+            .where(F.col("a") != F.col("b")).select("a", "b").distinct())
 
 
 def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1, groups: int = 1,
@@ -192,8 +211,10 @@ def _recall_kernel(cfg):
     opts, r = NormalizeOptions(**cfg.normalize.model_dump()), cfg.recall
     hasher, (bands, rows) = MinHasher(r.num_perm, cfg.seed + 1), recall_shape(cfg)
 
-    def kernel(b: pa.RecordBatch) -> pa.Array:
-        words = words_array(_doc_text(b), opts)
+    def kernel(b: pa.RecordBatch, words: pa.Array | None = None) -> pa.Array:
+        """``words``: the batch's words of question + " " + answer when the caller has them."""
+        if words is None:
+            words = words_array(_doc_text(b), opts)
         offs, _, _ = list_parts(words)
         sigs = hasher.signatures(ngram_hashes(words, r.shingle_words))
         sigs[np.diff(offs) < r.min_words] = EMPTY  # -> no bands
@@ -233,16 +254,21 @@ def recall_index(staged: DataFrame, id_column: str) -> DataFrame:
         .withColumn("band", F.when(F.col("_has"), F.col("band")).otherwise(F.lit(NO_BAND))).drop("_has")
 
 
+# pairs per slice of the token-similarity kernel: its words become Python lists (two texts of ~50
+# words per pair); a whole 8,192-row batch made ~800k str objects per UDF thread
+_TOKEN_SIM_ROWS = 1024
+
+
 def _token_sim_kernel(opts: NormalizeOptions):
     def kernel(batches):
-        for b in batches:
-            if b.num_rows == 0:
-                continue
-            wa = words_array(_doc_text(b, "qa", "aa"), opts).to_pylist()
-            wb = words_array(_doc_text(b, "qb", "ab"), opts).to_pylist()
-            sim = [token_similarity(x or [], y or []) for x, y in zip(wa, wb)]
-            yield pa.RecordBatch.from_arrays([b.column("a"), b.column("b"), pa.array(sim, pa.float64())],
-                                             names=["a", "b", "token_similarity"])
+        for batch in batches:
+            for start in range(0, batch.num_rows, _TOKEN_SIM_ROWS):
+                b = batch.slice(start, _TOKEN_SIM_ROWS)
+                wa = words_array(_doc_text(b, "qa", "aa"), opts).to_pylist()
+                wb = words_array(_doc_text(b, "qb", "ab"), opts).to_pylist()
+                sim = [token_similarity(x or [], y or []) for x, y in zip(wa, wb)]
+                yield pa.RecordBatch.from_arrays([b.column("a"), b.column("b"), pa.array(sim, pa.float64())],
+                                                 names=["a", "b", "token_similarity"])
 
     return kernel
 
