@@ -119,10 +119,6 @@ class IngestConfig(_Model):
     """Limits of ingestion: every text a seed carries is bounded (it reaches prompts and paid
     endpoints), and so are a record, its nesting and a file, so no input can stop the run."""
 
-    # rows per committed ingest chunk, when smaller than runner.chunk_rows: ingest's rows carry the
-    # raw record too, the widest of the pipeline, and Sail's Delta writer buffers a whole chunk's
-    # file before it commits (profiled 200k dedup: the bronze MERGE's peak 1.01 -> 0.85 GB)
-    chunk_rows: int = Field(50_000, ge=1)
     max_question_chars: int = Field(20_000, ge=1)
     max_answer_chars: int = Field(50_000, ge=1)
     max_choices: int = Field(26, ge=2)

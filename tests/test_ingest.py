@@ -136,20 +136,3 @@ def test_demo_sources_with_real_champ(spark, make_settings, champ_cache):
     assert {"not_utf8", "unparseable", "duplicate_row_id", "too_long", "wrong_type"} <= reasons
     assert res.kept == sum(counts.values())
 
-
-def test_ingest_commits_chunks_of_at_most_ingest_chunk_rows(spark, make_settings, tmp_path):
-    """Ingest's rows carry the raw record, so its chunks are bounded by ``ingest.chunk_rows`` when
-    that is below ``runner.chunk_rows`` (and by ``runner.chunk_rows`` when that is smaller); a file
-    is never split. Three files of 30 rows at 40 are three chunks, each a Delta commit."""
-    for f in range(3):
-        write_jsonl(tmp_path / "src" / f"part{f}.jsonl",
-                    [{"id": f"{f}-{i}", "question": f"question {f} {i}?", "answer": str(i)} for i in range(30)])
-    src = {"name": "parts", "path": str(tmp_path / "src"), "fields": FIELDS}
-    for (runner_rows, ingest_rows), chunks in {(1000, 40): 3, (70, 1000): 2, (1000, 1000): 1}.items():
-        root = tmp_path / f"lake-{runner_rows}-{ingest_rows}"
-        settings = make_settings(sources=[src], runner={"chunk_rows": runner_rows},
-                                 ingest={"chunk_rows": ingest_rows}, lake={"root": str(root)})
-        runner = Runner(settings, spark=spark)
-        _, [res] = runner.run(["ingest"])
-        assert (res.chunks_total, res.kept, res.complete) == (chunks, 90, True), (runner_rows, ingest_rows)
-        assert runner.lake.version("bronze.seeds") == chunks  # created at 0, one MERGE per chunk

@@ -117,7 +117,6 @@ STAGE = Stage(
     key=("record_key",),
     reject_columns=("record_key", "source", "source_file", "source_row", "source_row_id", "raw"),
     chunk_by=("source", "source_file"),  # a file is judged whole: its duplicate ids resolve by row order
-    chunk_rows=lambda s: min(s.runner.chunk_rows, s.ingest.chunk_rows),
     reads_output=True,
     transform=transform,
     sections=("sources", "ingest"),
