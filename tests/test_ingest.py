@@ -135,4 +135,3 @@ def test_demo_sources_with_real_champ(spark, make_settings, champ_cache):
     reasons = {r.reason for r in runner.lake.read("quarantine.seeds").collect()}
     assert {"not_utf8", "unparseable", "duplicate_row_id", "too_long", "wrong_type"} <= reasons
     assert res.kept == sum(counts.values())
-
