@@ -72,31 +72,46 @@ def sketches(rows: DataFrame, cfg, recall: bool = False, passthrough: tuple[str,
     return rows.select(*cols).mapInArrow(_sketcher(cfg, recall, passthrough), T.StructType(fields))
 
 
+def _hashed_bands(sk: DataFrame, index: DataFrame | None) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The two sides of a band self-join on 64-bit keys: the sketched rows' bands (x =
+    xxhash64(seed_uid), band, band_hash), every band row (y, band, band_hash, new = sketched, not
+    indexed) and every seed_uid seen, to name the pairs afterwards (``_named``)."""
+    new_bands = sk.select(F.xxhash64("seed_uid").alias("x"), F.posexplode("bands").alias("band", "band_hash"))
+    ids = sk.select("seed_uid")
+    pool = new_bands.select(F.col("x").alias("y"), "band", "band_hash", F.lit(True).alias("new"))
+    if index is not None:
+        old = index.select("seed_uid", "band", "band_hash")
+        pool = pool.unionByName(old.select(F.xxhash64("seed_uid").alias("y"), "band", "band_hash",
+                                           F.lit(False).alias("new")))
+        ids = ids.unionByName(old.select("seed_uid"))
+    return new_bands, pool, ids
+
+
+def _bucket_keyed(df: DataFrame) -> DataFrame:
+    """(band, band_hash) -> k = xxhash64 of both: the join key of a band self-join."""
+    return df.select("*", F.xxhash64("band", "band_hash").alias("k")).drop("band", "band_hash")
+
+
+def _named(pairs: DataFrame, ids: DataFrame) -> DataFrame:
+    """Hashed pairs (x, y, ...) with sx, sy: the seed_uids they stand for; never a row with itself."""
+    ids = ids.distinct().select("seed_uid", F.xxhash64("seed_uid").alias("h"))
+    return (pairs.join(ids.select(F.col("h").alias("x"), F.col("seed_uid").alias("sx")), "x")
+            .join(ids.select(F.col("h").alias("y"), F.col("seed_uid").alias("sy")), "y")
+            .where(F.col("sx") != F.col("sy")))
+
+
 def band_pairs(sk: DataFrame, index: DataFrame | None) -> DataFrame:
     """(a = a sketched row, b = another sketched row or an indexed one) sharing an LSH band.
 
-    The self-join runs on 64-bit keys, not strings, as in ``band_pair_counts``: a row's id is
-    xxhash64(seed_uid), a bucket xxhash64(band, band hash); the few pairs found get their ids back
-    by two joins with the id list. On the 200k benchmark corpus (2.6M band rows) joining the
-    strings held 0.39 GB above the resting level for the main pass's edge step. A collision of two
-    64-bit keys (about n^2 / 2^64) can only add a candidate pair, which verification judges, or
-    lose the one pair whose ids collide."""
-    new_bands = sk.select(F.xxhash64("seed_uid").alias("x"), F.posexplode("bands").alias("band", "band_hash"))
-    ids = sk.select("seed_uid")
-    pool = new_bands.select(F.col("x").alias("y"), "band", "band_hash")
-    if index is not None:
-        old = index.select("seed_uid", "band", "band_hash")
-        pool = pool.unionByName(old.select(F.xxhash64("seed_uid").alias("y"), "band", "band_hash"))
-        ids = ids.unionByName(old.select("seed_uid"))
-
-    def keyed(df):
-        return df.select("*", F.xxhash64("band", "band_hash").alias("k")).drop("band", "band_hash")
-
-    pairs = keyed(new_bands).join(keyed(pool), "k").where(F.col("x") != F.col("y")).select("x", "y").distinct()
-    ids = ids.distinct().select(F.col("seed_uid"), F.xxhash64("seed_uid").alias("h"))
-    return (pairs.join(ids.select(F.col("h").alias("x"), F.col("seed_uid").alias("a")), "x")
-            .join(ids.select(F.col("h").alias("y"), F.col("seed_uid").alias("b")), "y")
-            .where(F.col("a") != F.col("b")).select("a", "b").distinct())
+    The self-join runs on 64-bit keys, not strings, as in ``band_pair_counts``; the few pairs found
+    get their ids back by two joins with the id list. On the 200k benchmark corpus (2.6M band rows)
+    joining the strings held 0.39 GB above the resting level for the main pass's edge step. A
+    collision of two 64-bit keys (about n^2 / 2^64) can only add a candidate pair, which
+    verification judges, or lose the one pair whose ids collide."""
+    new_bands, pool, ids = _hashed_bands(sk, index)
+    pairs = _bucket_keyed(new_bands).join(_bucket_keyed(pool), "k").where(F.col("x") != F.col("y")) \
+        .select("x", "y").distinct()
+    return _named(pairs, ids).select(F.col("sx").alias("a"), F.col("sy").alias("b")).distinct()
 
 
 def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1, groups: int = 1,
@@ -115,19 +130,11 @@ def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1
     the groups; with the slices the summation peaks at 0.86 GB instead of lifting the verification
     step that follows it to 1.32 GB (now 1.17 GB, profiled in-process RSS). A hash collision can
     only add a candidate pair, and every candidate is verified exactly afterwards."""
-    new_bands = sk.select(F.xxhash64("seed_uid").alias("x"), F.posexplode("bands").alias("band", "band_hash"))
-    ids = sk.select("seed_uid")
-    pool = new_bands.select(F.col("x").alias("y"), "band", "band_hash", F.lit(True).alias("new"))
-    if index is not None:
-        old = index.select("seed_uid", "band", "band_hash")
-        pool = pool.unionByName(old.select(F.xxhash64("seed_uid").alias("y"), "band", "band_hash",
-                                           F.lit(False).alias("new")))
-        ids = ids.unionByName(old.select("seed_uid"))
+    new_bands, pool, ids = _hashed_bands(sk, index)
     parts = []
     for g in range(groups):
         def bucket(df):
-            return df.where(F.col("band") % groups == g).select(
-                "*", F.xxhash64("band", "band_hash").alias("k")).drop("band", "band_hash")
+            return _bucket_keyed(df.where(F.col("band") % groups == g))
         # a pair of new rows once (x < y); a new row and an indexed one in the only order they meet
         parts.append(checkpoint(bucket(new_bands).join(bucket(pool), "k")
                                 .where(~F.col("new") | (F.col("x") < F.col("y")))
@@ -142,11 +149,7 @@ def band_pair_counts(sk: DataFrame, index: DataFrame | None, min_shared: int = 1
             for s in range(groups)])
     else:
         counts = counts.where(F.col("shared") >= min_shared)
-    ids = ids.distinct().select("seed_uid", F.xxhash64("seed_uid").alias("h"))
-    named = (counts.join(ids.select(F.col("h").alias("x"), F.col("seed_uid").alias("sx")), "x")
-             .join(ids.select(F.col("h").alias("y"), F.col("seed_uid").alias("sy")), "y")
-             .where(F.col("sx") != F.col("sy")))
-    return named.groupBy(F.least("sx", "sy").alias("a"), F.greatest("sx", "sy").alias("b")) \
+    return _named(counts, ids).groupBy(F.least("sx", "sy").alias("a"), F.greatest("sx", "sy").alias("b")) \
         .agg(F.max("shared").alias("shared"))
 
 
